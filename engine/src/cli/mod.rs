@@ -1,0 +1,106 @@
+//! The `weir` command line. Embedders call [`main`] with their own registry to get the
+//! same CLI over their own functions.
+
+mod dlq;
+mod functions;
+mod invoke;
+mod run;
+mod runs;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_functions::Registry;
+
+/// weir: a self-hosted event-pipeline engine. Triggers (a bucket, and soon Kafka,
+/// schedules, HTTP) feed native functions declared in TOML pipelines.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: readable text, or one JSON object per line for machines.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WEIR_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the ledger lives; shared by the commands that read or write state.
+#[derive(clap::Args, Debug, Clone)]
+struct StateArgs {
+    /// State directory: the SQLite ledger and the default dead-letter bucket.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "data/.weir")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run pipelines until Ctrl-C / SIGTERM, then drain in-flight work and exit 0.
+    ///
+    /// Validates every pipeline first (like `weir validate`) and refuses to start on
+    /// any error. A second Ctrl-C exits at once; unfinished events run again next time.
+    Run(run::Args),
+    /// Check pipeline files; print every error as file:line:column and exit 1 if any.
+    Validate(validate::Args),
+    /// Run one function on a local file, like `sam local invoke`.
+    Invoke(invoke::Args),
+    /// List the registered functions and their parameters.
+    Functions,
+    /// Show recent runs from the ledger.
+    Runs(runs::Args),
+    /// Inspect and re-drive dead-lettered events.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
+}
+
+/// Parses the command line, runs the command, and maps errors to exit codes
+/// (1 for failures, with the error chain printed).
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    init_logging(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args, registry).await,
+            Command::Validate(args) => validate::run(args, &registry),
+            Command::Invoke(args) => invoke::run(args, &registry).await,
+            Command::Functions => functions::run(&registry),
+            Command::Runs(args) => runs::run(args).await,
+            Command::Dlq(command) => dlq::run(command, registry).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEIR_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,75 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+use weir_functions::Registry;
+
+use super::StateArgs;
+use crate::config::units::parse_duration;
+use crate::Engine;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Pipeline files, or directories of *.toml files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
+    /// How long in-flight events may take to finish after Ctrl-C / SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: std::time::Duration,
+    /// Invocations running at once across all pipelines (default: 4 × cores).
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+}
+
+pub async fn run(args: Args, registry: Registry) -> anyhow::Result<ExitCode> {
+    let mut engine = Engine::new(registry).state_dir(args.state.state_dir).grace(args.grace);
+    if let Some(n) = args.max_concurrency {
+        engine.global_concurrency = n.max(1);
+    }
+    let pipelines = match engine.load(&args.paths) {
+        Ok(p) => p,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            anyhow::bail!("{} error(s) in pipeline files; nothing started", diagnostics.0.len());
+        }
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signals(stop.clone()));
+    engine.run(pipelines, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: stop intake and drain. Second: exit at once (unfinished
+/// events are not acknowledged, so they run again on the next start).
+async fn stop_on_signals(stop: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("stopping: no new events; finishing in-flight ones (signal again to exit at once)");
+    stop.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use weir_functions::Registry;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Pipeline files, or directories of *.toml files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(args: Args, registry: &Registry) -> anyhow::Result<ExitCode> {
+    match crate::config::load_paths(&args.paths, registry) {
+        Ok(pipelines) => {
+            for p in &pipelines {
+                println!("{}: ok ({} steps)", p.file.display(), p.steps.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            println!("{diagnostics}");
+            eprintln!("{} error(s)", diagnostics.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

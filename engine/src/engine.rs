@@ -1,0 +1,191 @@
+//! Wires pipelines to their triggers and executors, and stops them gracefully.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_functions::{Registry, Stores};
+
+use crate::config::{self, Diagnostics, Pipeline};
+use crate::executor::{ExecutorStats, PipelineRuntime};
+use crate::state::Ledger;
+use crate::trigger::{EventSink, QueueStats, TriggerContext};
+
+/// Engine-wide settings.
+#[derive(Clone)]
+pub struct Engine {
+    pub registry: Registry,
+    /// Where the ledger (and the default dead-letter bucket) live.
+    pub state_dir: PathBuf,
+    /// How long in-flight events may take to finish after a stop is requested.
+    pub grace: Duration,
+    /// Invocation permits shared by all pipelines.
+    pub global_concurrency: usize,
+    pub stores: Stores,
+}
+
+impl Engine {
+    pub fn new(registry: Registry) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self {
+            registry,
+            state_dir: PathBuf::from("data/.weir"),
+            grace: Duration::from_secs(30),
+            global_concurrency: (cores * 4).max(8),
+            stores: Stores::new(),
+        }
+    }
+
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Loads and validates pipeline files or directories.
+    pub fn load(&self, paths: &[PathBuf]) -> Result<Vec<Pipeline>, Diagnostics> {
+        config::load_paths(paths, &self.registry)
+    }
+
+    pub fn ledger(&self) -> anyhow::Result<Ledger> {
+        Ledger::open(&self.state_dir).context("opening the state ledger")
+    }
+
+    /// The dead-letter bucket used when a pipeline names none.
+    pub fn default_dead_letter_url(&self) -> anyhow::Result<String> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let dir = self.state_dir.canonicalize()?.join("dead-letter");
+        Ok(format!("file://{}", dir.display()))
+    }
+
+    /// The runtime (executor state) of a pipeline, without starting its trigger. Used by
+    /// `weir run` and by `weir dlq redrive`.
+    pub fn runtime(&self, pipeline: Pipeline, ledger: &Ledger, global: Arc<Semaphore>) -> anyhow::Result<Arc<PipelineRuntime>> {
+        Ok(Arc::new(PipelineRuntime::new(Arc::new(pipeline), ledger.clone(), self.stores.clone(), global, self.default_dead_letter_url()?)))
+    }
+
+    /// Starts every pipeline: trigger → bounded queue → executor.
+    pub async fn start(&self, pipelines: Vec<Pipeline>) -> anyhow::Result<RunningEngine> {
+        let ledger = self.ledger()?;
+        let global = Arc::new(Semaphore::new(self.global_concurrency));
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut running = Vec::new();
+        for pipeline in pipelines {
+            for step in &pipeline.steps {
+                tracing::info!(pipeline = %pipeline.name, step = %step.name, function = %step.function_name,
+                    init_ms = step.init.as_secs_f64() * 1000.0, "step ready");
+            }
+            let trigger = pipeline.trigger.build(TriggerContext {
+                pipeline: Arc::from(pipeline.name.as_str()),
+                ledger: ledger.clone(),
+                stores: self.stores.clone(),
+            });
+            let (sink, queue, queue_stats) = EventSink::new(pipeline.limits.queue);
+            let runtime = self.runtime(pipeline, &ledger, global.clone())?;
+            let name = runtime.name.clone();
+            let trigger_stop = shutdown.child_token();
+            tasks.spawn({
+                let name = name.clone();
+                let stop = trigger_stop.clone();
+                async move {
+                    if let Err(e) = trigger.run(sink, stop).await {
+                        tracing::error!(pipeline = %name, error = format!("{e:#}"), "trigger stopped with an error");
+                        return Err(e.context(format!("pipeline {name}: trigger failed")));
+                    }
+                    Ok(())
+                }
+            });
+            tasks.spawn({
+                let runtime = runtime.clone();
+                let stop = shutdown.clone();
+                let grace = self.grace;
+                async move {
+                    runtime.serve(queue, stop, grace).await;
+                    Ok(())
+                }
+            });
+            running.push(RunningPipeline { name, queue: queue_stats, executor: runtime.stats.clone(), runtime });
+        }
+        Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger })
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and returns.
+    pub async fn run(&self, pipelines: Vec<Pipeline>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let running = self.start(pipelines).await?;
+        running.wait(shutdown).await
+    }
+}
+
+/// Handles to a started pipeline's counters.
+pub struct RunningPipeline {
+    pub name: Arc<str>,
+    pub queue: Arc<QueueStats>,
+    pub executor: Arc<ExecutorStats>,
+    pub runtime: Arc<PipelineRuntime>,
+}
+
+/// A started engine.
+pub struct RunningEngine {
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    pub pipelines: Vec<RunningPipeline>,
+    pub ledger: Ledger,
+}
+
+impl RunningEngine {
+    pub fn pipeline(&self, name: &str) -> Option<&RunningPipeline> {
+        self.pipelines.iter().find(|p| &*p.name == name)
+    }
+
+    /// Waits for `stop` (or for a trigger to fail), then stops intake and drains.
+    pub async fn wait(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(result) = self.tasks.join_next() => {
+                failure = flatten(result).err();
+            }
+        }
+        self.shutdown.cancel();
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = flatten(result) {
+                failure.get_or_insert(e);
+            }
+        }
+        for p in &self.pipelines {
+            tracing::info!(pipeline = %p.name,
+                done = p.executor.events_done.load(Ordering::Relaxed),
+                dead_lettered = p.executor.events_dead_lettered.load(Ordering::Relaxed),
+                abandoned = p.executor.events_abandoned.load(Ordering::Relaxed),
+                "pipeline stopped");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops intake, drains in-flight events within the grace period and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        token.cancel();
+        self.wait(token).await
+    }
+}
+
+fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match result {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("engine task failed: {e}")),
+    }
+}

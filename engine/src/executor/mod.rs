@@ -1,0 +1,217 @@
+//! The executor: takes events off a pipeline's bounded queue and runs them through
+//! the step graph within permits, then acknowledges them to their trigger.
+//!
+//! ```text
+//! queue ──▶ event slot (≤ concurrency) ──▶ step graph ──▶ invocation permits
+//!                                         (pipeline ≤ concurrency, engine ≤ global)
+//! ```
+//! An event is acknowledged only after all its sub-steps finished: `Done` if they all
+//! succeeded, `DeadLettered` once its dead-letter record is written, and not at all if
+//! the engine stopped first (the trigger delivers it again).
+
+pub mod dead_letter;
+mod graph;
+mod invoke;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStoreExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores};
+
+use crate::config::Pipeline;
+use crate::state::Ledger;
+use crate::trigger::{Event, EventSource, Outcome};
+use dead_letter::DeadLetter;
+
+/// Live counters of one pipeline's executor. Tests assert on them; logs report them.
+#[derive(Debug, Default)]
+pub struct ExecutorStats {
+    pub invocations_running: AtomicUsize,
+    /// Most invocations of this pipeline ever running at once.
+    pub invocations_high_water: AtomicUsize,
+    pub events_running: AtomicUsize,
+    pub events_done: AtomicU64,
+    pub events_dead_lettered: AtomicU64,
+    /// Events not finished because the engine stopped, or their dead letter failed.
+    pub events_abandoned: AtomicU64,
+}
+
+/// Why an event failed: the step, the error, how often it was tried.
+#[derive(Debug)]
+pub struct StepFailure {
+    pub step: String,
+    pub error: FunctionError,
+    pub attempts: u32,
+}
+
+/// Everything needed to run one pipeline's events.
+pub struct PipelineRuntime {
+    pub pipeline: Arc<Pipeline>,
+    pub name: Arc<str>,
+    pub ledger: Ledger,
+    pub stores: Stores,
+    /// Invocation permits shared by every pipeline of the engine.
+    pub global: Arc<Semaphore>,
+    /// This pipeline's invocation permits (`limits.concurrency`).
+    pub local: Arc<Semaphore>,
+    pub dead_letter_url: String,
+    pub stats: Arc<ExecutorStats>,
+    graph: graph::Graph,
+}
+
+impl PipelineRuntime {
+    pub fn new(pipeline: Arc<Pipeline>, ledger: Ledger, stores: Stores, global: Arc<Semaphore>, default_dead_letter: String) -> Self {
+        let graph = graph::Graph::new(&pipeline.steps);
+        Self {
+            name: Arc::from(pipeline.name.as_str()),
+            local: Arc::new(Semaphore::new(pipeline.limits.concurrency)),
+            dead_letter_url: pipeline.retry.dead_letter.clone().unwrap_or(default_dead_letter),
+            pipeline,
+            ledger,
+            stores,
+            global,
+            stats: Default::default(),
+            graph,
+        }
+    }
+
+    /// Runs events from `queue` until `shutdown`, then lets in-flight events finish
+    /// for up to `grace`. Events still queued are left unacknowledged.
+    pub async fn serve(self: Arc<Self>, mut queue: mpsc::Receiver<Event>, shutdown: CancellationToken, grace: Duration) {
+        let slots = Arc::new(Semaphore::new(self.pipeline.limits.concurrency));
+        let mut running = JoinSet::new();
+        loop {
+            while running.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("slots are never closed"),
+            };
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = queue.recv() => match event { Some(e) => e, None => break },
+            };
+            let this = self.clone();
+            running.spawn(async move {
+                let _slot = slot;
+                this.process(event).await;
+            });
+        }
+        queue.close();
+        let in_flight = running.len();
+        if in_flight > 0 {
+            tracing::info!(pipeline = %self.name, in_flight, grace = ?grace, "draining in-flight events");
+        }
+        let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            let left = running.len();
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+            self.stats.events_abandoned.fetch_add(left as u64, Ordering::Relaxed);
+            tracing::warn!(pipeline = %self.name, abandoned = left, "grace period over; unfinished events will be delivered again");
+        }
+    }
+
+    /// One event's whole life: run, record, dead-letter on failure, acknowledge.
+    pub async fn process(&self, event: Event) -> Outcome {
+        self.stats.events_running.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let source = event.source.describe();
+        if let Err(e) = self.ledger.run_started(&event.id, &self.name, &source).await {
+            tracing::warn!(pipeline = %self.name, error = %e, "cannot record run start");
+        }
+        let (outcome, status, attempts, error) = match self.execute(&event.source).await {
+            Ok(invocations) => {
+                tracing::info!(pipeline = %self.name, key = %source, invocations, duration_ms = started.elapsed().as_millis() as u64, "event done");
+                (Outcome::Done, "done", 1, None)
+            }
+            Err(failure) => {
+                let chain = failure.error.chain();
+                tracing::error!(pipeline = %self.name, key = %source, step = %failure.step, attempts = failure.attempts, error = %chain, "event failed");
+                match self.dead_letter(&event, &failure).await {
+                    Ok(key) => {
+                        tracing::info!(pipeline = %self.name, key = %source, dead_letter = %format!("{}/{key}", self.dead_letter_url.trim_end_matches('/')), "dead letter written");
+                        (Outcome::DeadLettered, "dead_letter", failure.attempts, Some(chain))
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = %self.name, key = %source, error = %e.chain(), "cannot write dead letter; the event will be retried later");
+                        (Outcome::Abandoned, "failed", failure.attempts, Some(chain))
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.ledger.run_finished(&event.id, status, attempts, started.elapsed(), error).await {
+            tracing::warn!(pipeline = %self.name, error = %e, "cannot record run end");
+        }
+        event.acker.ack(&event, outcome).await;
+        let counter = match outcome {
+            Outcome::Done => &self.stats.events_done,
+            Outcome::DeadLettered => &self.stats.events_dead_lettered,
+            Outcome::Abandoned => &self.stats.events_abandoned,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.stats.events_running.fetch_sub(1, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Runs an event's steps; returns how many invocations it took.
+    pub async fn execute(&self, source: &EventSource) -> Result<usize, StepFailure> {
+        let started = Instant::now();
+        let root = self.load(source, started).await?;
+        graph::run(self, root, started).await
+    }
+
+    /// The event's first item: the object's bytes, or the JSON document.
+    async fn load(&self, source: &EventSource, started: Instant) -> Result<Item, StepFailure> {
+        match source {
+            EventSource::Json { value } => Ok(Item::new(Payload::Json(value.clone()), Metadata::default())),
+            EventSource::Object { url, key, size, .. } => {
+                let limit = self.pipeline.limits.max_input_bytes;
+                if *size > limit {
+                    return Err(StepFailure {
+                        step: "load".into(),
+                        error: FunctionError::permanent(format!("{key} is {size} bytes, over max_input_bytes = {limit}")),
+                        attempts: 1,
+                    });
+                }
+                let (url, key) = (url.clone(), key.clone());
+                invoke::with_retries(self, "load", started, || {
+                    let (url, key) = (url.clone(), key.clone());
+                    async move {
+                        let bucket = self.stores.resolve(&url)?;
+                        let location = bucket.path(&key)?;
+                        let context = || format!("reading {key} from {url}");
+                        let result = bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
+                        if result.meta.size > limit {
+                            return Err(FunctionError::permanent(format!("{key} is {} bytes, over max_input_bytes = {limit}", result.meta.size)));
+                        }
+                        let bytes = result.bytes().await.map_err(|e| FunctionError::from_store(context(), e))?;
+                        Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url, key)))
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    async fn dead_letter(&self, event: &Event, failure: &StepFailure) -> Result<String, FunctionError> {
+        let bucket = self.stores.resolve(&self.dead_letter_url)?;
+        let record = DeadLetter {
+            id: event.id.clone(),
+            pipeline: self.name.to_string(),
+            event: event.source.clone(),
+            step: failure.step.clone(),
+            error: failure.error.chain(),
+            error_kind: if failure.error.is_retryable() { ErrorKind::Retryable } else { ErrorKind::Permanent },
+            attempts: failure.attempts,
+            received_at: event.received_at.into(),
+            failed_at: chrono::Utc::now(),
+            redrives: 0,
+        };
+        dead_letter::write(&bucket, &record).await
+    }
+}

@@ -1,0 +1,228 @@
+//! The state ledger: what was processed, every run, in SQLite.
+//!
+//! One SQLite file per state directory (`./data/.weir/ledger.db` by default), WAL mode
+//! so `weir runs` can read while `weir run` writes. Calls are blocking, so every
+//! method hops onto tokio's blocking pool; a single connection behind a mutex is
+//! plenty for the handful of writes an event makes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create state directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("ledger task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How an object's processing ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectStatus {
+    Done,
+    DeadLettered,
+}
+
+impl ObjectStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ObjectStatus::Done => "done",
+            ObjectStatus::DeadLettered => "dead_letter",
+        }
+    }
+}
+
+/// One row of `weir runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: String,
+    pub pipeline: String,
+    pub source: String,
+    pub status: String,
+    pub attempts: u32,
+    pub started_at: String,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    pipeline   TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (pipeline, url, key)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    duration_ms INTEGER,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+";
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Dir { path: dir.to_path_buf(), source })?;
+        let path = dir.join("ledger.db");
+        let sqlite = |source| LedgerError::Sqlite { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        // NORMAL in WAL mode: a power cut may lose the last commits, never corrupt; a lost
+        // commit only means an object is processed again (outputs are idempotent).
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: Arc::new(path) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&conn).map_err(|source| LedgerError::Sqlite { path: path.to_path_buf(), source })
+        })
+        .await?
+    }
+
+    /// Whether this version of the object was already processed (or dead-lettered).
+    pub async fn object_seen(&self, pipeline: &str, url: &str, key: &str, version: &str) -> Result<bool, LedgerError> {
+        let (pipeline, url, key, version) = (pipeline.to_owned(), url.to_owned(), key.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.prepare_cached("SELECT 1 FROM objects WHERE pipeline = ?1 AND url = ?2 AND key = ?3 AND version = ?4")?
+                .query_row(params![pipeline, url, key, version], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_some())
+        })
+        .await
+    }
+
+    pub async fn record_object(&self, pipeline: &str, url: &str, key: &str, version: &str, status: ObjectStatus) -> Result<(), LedgerError> {
+        let (pipeline, url, key, version) = (pipeline.to_owned(), url.to_owned(), key.to_owned(), version.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO objects (pipeline, url, key, version, status) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (pipeline, url, key) DO UPDATE SET version = excluded.version,
+                 status = excluded.status, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            )?
+            .execute(params![pipeline, url, key, version, status.as_str()])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Number of objects recorded for a pipeline, by status.
+    pub async fn object_count(&self, pipeline: &str, status: ObjectStatus) -> Result<u64, LedgerError> {
+        let pipeline = pipeline.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT count(*) FROM objects WHERE pipeline = ?1 AND status = ?2", params![pipeline, status.as_str()], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    pub async fn run_started(&self, id: &str, pipeline: &str, source: &str) -> Result<(), LedgerError> {
+        let (id, pipeline, source) = (id.to_owned(), pipeline.to_owned(), source.to_owned());
+        self.with(move |c| {
+            c.prepare_cached("INSERT OR REPLACE INTO runs (id, pipeline, source, status) VALUES (?1, ?2, ?3, 'running')")?
+                .execute(params![id, pipeline, source])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn run_finished(&self, id: &str, status: &str, attempts: u32, duration: Duration, error: Option<String>) -> Result<(), LedgerError> {
+        let (id, status) = (id.to_owned(), status.to_owned());
+        let ms = duration.as_millis() as i64;
+        self.with(move |c| {
+            c.prepare_cached("UPDATE runs SET status = ?2, attempts = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1")?
+                .execute(params![id, status, attempts, ms, error])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// The most recent runs, newest first.
+    pub async fn recent_runs(&self, limit: usize, pipeline: Option<String>) -> Result<Vec<RunRow>, LedgerError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, pipeline, source, status, attempts, started_at, duration_ms, error FROM runs
+                 WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![pipeline, limit as i64], |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    source: r.get(2)?,
+                    status: r.get(3)?,
+                    attempts: r.get(4)?,
+                    started_at: r.get(5)?,
+                    duration_ms: r.get(6)?,
+                    error: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn objects_are_seen_per_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(!ledger.object_seen("p", "u", "k", "v1").await.unwrap());
+        ledger.record_object("p", "u", "k", "v1", ObjectStatus::Done).await.unwrap();
+        assert!(ledger.object_seen("p", "u", "k", "v1").await.unwrap());
+        assert!(!ledger.object_seen("p", "u", "k", "v2").await.unwrap(), "a changed object runs again");
+        assert!(!ledger.object_seen("other", "u", "k", "v1").await.unwrap());
+        // Reopening keeps everything.
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(ledger.object_seen("p", "u", "k", "v1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn runs_are_listed_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.run_started("a", "p", "k1").await.unwrap();
+        ledger.run_started("b", "p", "k2").await.unwrap();
+        ledger.run_finished("b", "failed", 3, Duration::from_millis(5), Some("boom".into())).await.unwrap();
+        let runs = ledger.recent_runs(10, Some("p".into())).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        let b = runs.iter().find(|r| r.id == "b").unwrap();
+        assert_eq!((b.status.as_str(), b.attempts, b.error.as_deref()), ("failed", 3, Some("boom")));
+    }
+}

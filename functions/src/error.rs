@@ -1,0 +1,119 @@
+//! Errors a function reports, classified so the executor knows whether to retry.
+
+use std::fmt;
+
+/// Whether trying the same input again could succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Timeouts, 5xx, connection resets: retried with backoff.
+    Retryable,
+    /// Corrupt input, bad parameters, over-limit input: dead-lettered at once.
+    Permanent,
+}
+
+/// A failed invocation. The message names the input and the reason in one line.
+#[derive(Debug)]
+pub struct FunctionError {
+    pub kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl FunctionError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Permanent, message: message.into(), source: None }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Retryable, message: message.into(), source: None }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message followed by every cause, `: `-separated, for logs and dead letters.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next: Option<&(dyn std::error::Error + 'static)> =
+            self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(err) = next {
+            let text = err.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            next = err.source();
+        }
+        out
+    }
+
+    /// Classifies an object-store failure: missing objects and refused access will not
+    /// fix themselves; everything else (I/O, 5xx after object_store's own retries) may.
+    pub fn from_store(context: impl fmt::Display, err: object_store::Error) -> Self {
+        use object_store::Error as E;
+        let permanent = matches!(
+            err,
+            E::NotFound { .. }
+                | E::InvalidPath { .. }
+                | E::PermissionDenied { .. }
+                | E::Unauthenticated { .. }
+                | E::NotSupported { .. }
+                | E::NotImplemented { .. }
+                | E::UnknownConfigurationKey { .. }
+        );
+        let message = format!("{context}: {err}");
+        let error = if permanent { Self::permanent(message) } else { Self::retryable(message) };
+        error.with_source(err)
+    }
+}
+
+impl fmt::Display for FunctionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FunctionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A step's parameters were rejected when the function was built (`weir validate` time).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    pub message: String,
+    /// Byte range in the pipeline file, when the error can be pinned to a value.
+    pub span: Option<std::ops::Range<usize>>,
+    /// The parameter at fault, so the caller can point at it when `span` is unknown.
+    pub param: Option<String>,
+}
+
+impl BuildError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), span: None, param: None }
+    }
+
+    /// An error about one parameter; the engine points at that key in the file.
+    pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { message: message.into(), span: None, param: Some(param.into()) }
+    }
+}
+
+impl From<toml::de::Error> for BuildError {
+    fn from(err: toml::de::Error) -> Self {
+        Self { message: err.message().trim().to_string(), span: err.span(), param: None }
+    }
+}

@@ -1,0 +1,33 @@
+//! The weir function contract and the built-in native functions.
+//!
+//! A *function* is built once per pipeline step from its TOML parameters and then
+//! invoked many times, like a warm Lambda instance: expensive set-up (fonts,
+//! encoders, lookup tables) belongs in the builder, not in [`Function::invoke`].
+//!
+//! ```text
+//! Registry ──build(params)──▶ Arc<dyn Function> ──invoke(Item, &Context)──▶ Vec<Item> | FunctionError
+//! ```
+//!
+//! * [`Item`] is what flows between steps: a payload (bytes, decoded image, JSON,
+//!   or the collected items of a fan-in step) plus [`Metadata`] (source key, variant…).
+//! * Returning several items fans out: each becomes its own invocation of the next step.
+//! * [`FunctionError`] says whether a retry could help ([`ErrorKind::Retryable`]) or not.
+//! * CPU-heavy work goes through [`cpu::run`], never on the async reactor.
+//!
+//! A function author depends on this crate only: no Kafka, no SQLite.
+
+pub mod context;
+pub mod cpu;
+pub mod error;
+pub mod image;
+pub mod item;
+pub mod object;
+pub mod registry;
+pub mod store;
+pub mod template;
+
+pub use context::{Context, Limits};
+pub use error::{BuildError, ErrorKind, FunctionError};
+pub use item::{Item, Metadata, Payload};
+pub use registry::{Function, FunctionSpec, Param, Params, Registry};
+pub use store::{Bucket, Stores};
