@@ -409,7 +409,7 @@ fn parse_steps(
                 continue;
             }
         };
-        afters.push((header.after.clone(), parsed.len()));
+        afters.push((header.after.clone(), parsed.len(), entry.span()));
         parsed.push(ParsedStep {
             step: Step {
                 name: header.name.into_inner(),
@@ -426,10 +426,10 @@ fn parse_steps(
         return None;
     }
     // Resolve `after` names to indices.
-    for (after, index) in afters {
+    for (after, index, entry_span) in afters {
         let Some(after) = after else {
             if parsed[index].step.collect {
-                report.error(0..0, format!("step {:?} has collect = true but no `after`", parsed[index].step.name));
+                report.error(entry_span, format!("step {:?} has collect = true but no `after`", parsed[index].step.name));
             }
             continue;
         };

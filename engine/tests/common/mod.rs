@@ -1,0 +1,182 @@
+//! Shared helpers for the engine's integration tests: test functions that observe
+//! what the executor does, pipeline files in temp directories, and polling waits.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use weir_functions::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Payload, Registry};
+
+/// What the test functions saw, shared between a test and the functions it registered.
+#[derive(Default)]
+pub struct Probe {
+    pub running: AtomicUsize,
+    pub max_running: AtomicUsize,
+    pub calls: AtomicUsize,
+    /// (step-local label, time) of every call, in call order.
+    pub log: Mutex<Vec<(String, Instant)>>,
+}
+
+impl Probe {
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    pub fn max_running(&self) -> usize {
+        self.max_running.load(Ordering::SeqCst)
+    }
+    pub fn times(&self, label: &str) -> Vec<Instant> {
+        self.log.lock().unwrap().iter().filter(|(l, _)| l == label).map(|(_, t)| *t).collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestParams {
+    #[serde(default)]
+    sleep_ms: u64,
+    /// Return this many items (fan-out); 1 passes the item through.
+    #[serde(default = "one")]
+    fan_out: usize,
+    /// Fail with a retryable error this many times per item before succeeding.
+    #[serde(default)]
+    fail_retryable: usize,
+    /// Always fail permanently.
+    #[serde(default)]
+    fail_permanent: bool,
+    #[serde(default)]
+    label: String,
+}
+fn one() -> usize {
+    1
+}
+
+struct TestFunction {
+    probe: Arc<Probe>,
+    params: TestParams,
+    failures: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+#[async_trait::async_trait]
+impl Function for TestFunction {
+    async fn invoke(&self, item: Item, _ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+        let p = &self.probe;
+        let now = p.running.fetch_add(1, Ordering::SeqCst) + 1;
+        p.max_running.fetch_max(now, Ordering::SeqCst);
+        p.calls.fetch_add(1, Ordering::SeqCst);
+        p.log.lock().unwrap().push((self.params.label.clone(), Instant::now()));
+        // Decrement even if the invocation is cancelled (timeout) mid-sleep.
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&p.running);
+        if self.params.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.params.sleep_ms)).await;
+        }
+        if self.params.fail_permanent {
+            return Err(FunctionError::permanent(format!("{} is rotten", item.describe())));
+        }
+        {
+            let mut failures = self.failures.lock().unwrap();
+            let seen = failures.entry(item.describe()).or_insert(0);
+            if *seen < self.params.fail_retryable {
+                *seen += 1;
+                return Err(FunctionError::retryable(format!("{}: flaky failure {}", item.describe(), *seen)));
+            }
+        }
+        Ok((0..self.params.fan_out)
+            .map(|i| {
+                let mut out = item.clone();
+                if self.params.fan_out > 1 {
+                    out.meta.variant = Some(format!("v{i}"));
+                    if let Payload::Bytes(b) = &item.payload {
+                        out.payload = Payload::Bytes(format!("{}:{}", String::from_utf8_lossy(b), i).into_bytes().into());
+                    }
+                }
+                out
+            })
+            .collect())
+    }
+}
+
+/// The built-in functions plus `test.probe`, whose calls are recorded in the returned probe.
+pub fn registry_with_probe() -> (Registry, Arc<Probe>) {
+    let probe = Arc::new(Probe::default());
+    let mut registry = Registry::builtin();
+    let shared = probe.clone();
+    registry.register(FunctionSpec::new("test.probe", "records its calls", &[], move |params: TestParams| {
+        Ok::<_, BuildError>(TestFunction { probe: shared.clone(), params, failures: Default::default() })
+    }));
+    (registry, probe)
+}
+
+/// A temp directory with `bucket/` (the watched bucket) and `state/`.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bucket/inbox")).unwrap();
+        Self { dir }
+    }
+    pub fn bucket(&self) -> PathBuf {
+        self.dir.path().join("bucket")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn bucket_url(&self) -> String {
+        format!("file://{}", self.bucket().display())
+    }
+    /// Writes a pipeline file; `{bucket}` in the text is replaced by the bucket URL.
+    pub fn pipeline(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text.replace("{bucket}", &self.bucket_url())).unwrap();
+        path
+    }
+    /// Drops a file into the bucket the way a well-behaved uploader does: write a
+    /// hidden temp file, then rename it into place.
+    pub fn drop_file(&self, key: &str, bytes: &[u8]) {
+        let path = self.bucket().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_file_name(format!(".{}.part", path.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    pub fn files_under(&self, key_prefix: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.bucket().join(key_prefix), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if !p.file_name().unwrap().to_string_lossy().contains('#') {
+            out.push(p);
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
