@@ -69,8 +69,19 @@ impl Engine {
 
     /// The runtime (executor state) of a pipeline, without starting its trigger. Used by
     /// `weir run` and by `weir dlq redrive`.
-    pub fn runtime(&self, pipeline: Pipeline, ledger: &Ledger, global: Arc<Semaphore>) -> anyhow::Result<Arc<PipelineRuntime>> {
-        Ok(Arc::new(PipelineRuntime::new(Arc::new(pipeline), ledger.clone(), self.stores.clone(), global, self.default_dead_letter_url()?)))
+    pub fn runtime(
+        &self,
+        pipeline: Pipeline,
+        ledger: &Ledger,
+        global: Arc<Semaphore>,
+    ) -> anyhow::Result<Arc<PipelineRuntime>> {
+        Ok(Arc::new(PipelineRuntime::new(
+            Arc::new(pipeline),
+            ledger.clone(),
+            self.stores.clone(),
+            global,
+            self.default_dead_letter_url()?,
+        )))
     }
 
     /// Starts every pipeline: trigger → bounded queue → executor.

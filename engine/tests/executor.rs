@@ -106,8 +106,7 @@ key = "manifests/{stem}.json"
     wait_for(WAIT, "event done", || stats.events_done.load(Ordering::SeqCst) == 1).await;
     wait_for(WAIT, "ledger updated", || sandbox.state().join("ledger.db").exists()).await;
     assert_eq!(running.ledger.object_count("fan", ObjectStatus::Done).await.unwrap(), 1);
-    let outputs: Vec<String> =
-        sandbox.files_under("out").iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let outputs: Vec<String> = sandbox.files_under("out").iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
     assert_eq!(outputs, (0..5).map(|i| format!("data:{i}")).collect::<Vec<_>>());
     // The collecting step saw all five written objects of the event, once.
     let manifest: serde_json::Value =
@@ -192,8 +191,10 @@ fail_retryable = 100
     }
     assert!(gaps[0] >= Duration::from_millis(30), "first backoff ~40ms: {gaps:?}");
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(std::fs::read_dir(sandbox.dir.path().join("dlq/flaky")).unwrap().next().unwrap().unwrap().path())
-            .unwrap(),
+        &std::fs::read(
+            std::fs::read_dir(sandbox.dir.path().join("dlq/flaky")).unwrap().next().unwrap().unwrap().path(),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(record["attempts"], 4);

@@ -38,7 +38,8 @@ fn each_malformed_pipeline_fails_with_its_position_and_reason() {
             .lines()
             .find(|l| l.contains(expect))
             .unwrap_or_else(|| panic!("{}: expected {expect:?} in:\n{stdout}", file.display()));
-        let location = line.strip_prefix(&format!("{}:", file.display())).unwrap_or_else(|| panic!("no file name: {line}"));
+        let location =
+            line.strip_prefix(&format!("{}:", file.display())).unwrap_or_else(|| panic!("no file name: {line}"));
         let mut parts = location.splitn(3, ':');
         let (row, col) = (parts.next().unwrap(), parts.next().unwrap());
         assert!(row.parse::<usize>().is_ok() && col.parse::<usize>().is_ok(), "no line:column in {line}");
@@ -71,7 +72,13 @@ function = "object.put"
     let out = weir().arg("validate").arg(&file).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
-    for expected in ["2:1: unknown key `colour`", "7:15:", "8:11: invalid duration", "11:12: unknown function", "missing field `key`"] {
+    for expected in [
+        "2:1: unknown key `colour`",
+        "7:15:",
+        "8:11: invalid duration",
+        "11:12: unknown function",
+        "missing field `key`",
+    ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 }

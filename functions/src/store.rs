@@ -73,8 +73,11 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
 pub struct Stores {
     cache: Arc<Mutex<HashMap<String, Bucket>>>,
     /// Extra object_store options per URL scheme (`aws_endpoint`, …) from pipeline config.
-    options: Arc<Mutex<HashMap<String, Vec<(String, String)>>>>,
+    options: Arc<Mutex<HashMap<String, StoreOptions>>>,
 }
+
+/// object_store configuration keys and values (`aws_endpoint`, `aws_region`, …).
+pub type StoreOptions = Vec<(String, String)>;
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,7 +91,7 @@ impl Stores {
     }
 
     /// Registers object_store options (credentials, endpoint) used when `url` is resolved.
-    pub fn set_options(&self, url: &str, options: Vec<(String, String)>) {
+    pub fn set_options(&self, url: &str, options: StoreOptions) {
         self.options.lock().expect("stores lock").insert(url.to_string(), options);
     }
 

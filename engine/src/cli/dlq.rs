@@ -46,9 +46,8 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
     futures::pin_mut!(records);
     let mut failed = 0;
     let mut count = 0;
-    match only {
-        None => println!("{:<38} {:<24} {:<10} {:>3}  {:<40} ERROR", "ID", "FAILED_AT", "STEP", "TRY", "SOURCE"),
-        Some(_) => {}
+    if only.is_none() {
+        println!("{:<38} {:<24} {:<10} {:>3}  {:<40} ERROR", "ID", "FAILED_AT", "STEP", "TRY", "SOURCE");
     }
     while let Some(record) = records.next().await {
         let (key, mut record) = match record {
@@ -61,7 +60,14 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
         match &only {
             None => {
                 let error: String = record.error.chars().take(100).collect();
-                println!("{:<38} {:<24} {:<10} {:>3}  {:<40} {error}", record.id, record.failed_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"), record.step, record.attempts, record.event.describe());
+                println!(
+                    "{:<38} {:<24} {:<10} {:>3}  {:<40} {error}",
+                    record.id,
+                    record.failed_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    record.step,
+                    record.attempts,
+                    record.event.describe()
+                );
             }
             Some(Some(id)) if *id != record.id => continue,
             Some(_) => match runtime.execute(&record.event).await {

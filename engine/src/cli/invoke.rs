@@ -26,7 +26,11 @@ fn params_table(params: &[String]) -> anyhow::Result<String> {
     let mut entries = Vec::new();
     for p in params {
         let (key, value) = p.split_once('=').with_context(|| format!("--param {p:?} is not KEY=VALUE"))?;
-        let value = if toml::de::ValueDeserializer::parse(value).is_ok() { value.to_string() } else { toml::Value::String(value.to_string()).to_string() };
+        let value = if toml::de::ValueDeserializer::parse(value).is_ok() {
+            value.to_string()
+        } else {
+            toml::Value::String(value.to_string()).to_string()
+        };
         entries.push(format!("{} = {value}", key.trim()));
     }
     Ok(format!("{{ {} }}", entries.join(", ")))
@@ -35,7 +39,8 @@ fn params_table(params: &[String]) -> anyhow::Result<String> {
 pub async fn run(args: Args, registry: &Registry) -> anyhow::Result<ExitCode> {
     let table = params_table(&args.params)?;
     let params = Params::parse(&table).map_err(|e| anyhow::anyhow!("--param: {}", e.message))?;
-    let built = registry.build(&args.function, params).map_err(|e| anyhow::anyhow!("{}: {}", args.function, e.message))?;
+    let built =
+        registry.build(&args.function, params).map_err(|e| anyhow::anyhow!("{}: {}", args.function, e.message))?;
     let bytes = tokio::fs::read(&args.input).await.with_context(|| format!("reading {}", args.input.display()))?;
     let dir = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = args.input.file_name().and_then(|n| n.to_str()).context("input file name is not UTF-8")?;
@@ -43,13 +48,21 @@ pub async fn run(args: Args, registry: &Registry) -> anyhow::Result<ExitCode> {
     let stem = item.meta.stem().to_string();
     let ctx = Context::standalone(Stores::new());
     let started = Instant::now();
-    let outputs = built.function.invoke(item, &ctx).await.map_err(|e| anyhow::anyhow!("{}: {}", args.function, e.chain()))?;
+    let outputs =
+        built.function.invoke(item, &ctx).await.map_err(|e| anyhow::anyhow!("{}: {}", args.function, e.chain()))?;
     let took = started.elapsed();
-    println!("init {:.1} ms, invoke {:.1} ms, {} output(s)", built.init.as_secs_f64() * 1e3, took.as_secs_f64() * 1e3, outputs.len());
+    println!(
+        "init {:.1} ms, invoke {:.1} ms, {} output(s)",
+        built.init.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e3,
+        outputs.len()
+    );
     for (i, out) in outputs.iter().enumerate() {
         match &out.payload {
             Payload::Bytes(b) => {
-                tokio::fs::create_dir_all(&args.out).await.with_context(|| format!("creating {}", args.out.display()))?;
+                tokio::fs::create_dir_all(&args.out)
+                    .await
+                    .with_context(|| format!("creating {}", args.out.display()))?;
                 let variant = out.meta.variant.clone().unwrap_or_else(|| i.to_string());
                 let ext = out.meta.format_ext.as_deref().unwrap_or("bin");
                 let path = args.out.join(format!("{stem}-{variant}.{ext}"));
@@ -69,7 +82,9 @@ mod tests {
 
     #[test]
     fn params_become_an_inline_table() {
-        let t = params_table(&["quality=90".into(), "key=processed/{stem}.jpg".into(), "watermark.text=Hi there".into()]).unwrap();
+        let t =
+            params_table(&["quality=90".into(), "key=processed/{stem}.jpg".into(), "watermark.text=Hi there".into()])
+                .unwrap();
         assert_eq!(t, "{ quality = 90, key = \"processed/{stem}.jpg\", watermark.text = \"Hi there\" }");
         assert!(params_table(&["novalue".into()]).is_err());
     }

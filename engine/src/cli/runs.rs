@@ -22,7 +22,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for r in runs {
         let ms = r.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
         let error: String = r.error.unwrap_or_default().chars().take(100).collect();
-        println!("{:<24} {:<18} {:<11} {:>3} {:>9}  {:<40} {}", r.started_at, r.pipeline, r.status, r.attempts, ms, r.source, error);
+        println!(
+            "{:<24} {:<18} {:<11} {:>3} {:>9}  {:<40} {}",
+            r.started_at, r.pipeline, r.status, r.attempts, ms, r.source, error
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,8 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 use weir_functions::{Function, Params, Registry};
 
-pub use diagnostics::{Diagnostic, Diagnostics};
 pub(crate) use diagnostics::Reporter;
+pub use diagnostics::{Diagnostic, Diagnostics};
 use document::{as_table, interpolate_env, key_span};
 pub(crate) use document::{section, Value};
 use units::{Backoff, ByteSize, HumanDuration};
@@ -365,7 +365,8 @@ fn parse_steps(
         let mut header_table = DeTable::new();
         let mut params_table = DeTable::new();
         for (k, v) in step_table.iter() {
-            let target = if STEP_HEADER_KEYS.contains(&k.get_ref().as_ref()) { &mut header_table } else { &mut params_table };
+            let target =
+                if STEP_HEADER_KEYS.contains(&k.get_ref().as_ref()) { &mut header_table } else { &mut params_table };
             target.insert(k.clone(), v.clone());
         }
         let header_value = Spanned::new(entry.span(), DeValue::Table(header_table));
@@ -429,7 +430,8 @@ fn parse_steps(
     for (after, index, entry_span) in afters {
         let Some(after) = after else {
             if parsed[index].step.collect {
-                report.error(entry_span, format!("step {:?} has collect = true but no `after`", parsed[index].step.name));
+                report
+                    .error(entry_span, format!("step {:?} has collect = true but no `after`", parsed[index].step.name));
             }
             continue;
         };
@@ -452,8 +454,7 @@ fn parse_steps(
 
 fn key_span_of_step(entries: &toml::de::DeArray<'_>, index: usize) -> std::ops::Range<usize> {
     entries
-        .iter()
-        .nth(index)
+        .get(index)
         .and_then(|e| e.get_ref().as_table().and_then(|t| t.get("after")).map(|v| v.span()))
         .unwrap_or(0..0)
 }

@@ -70,9 +70,7 @@ impl<'de> Deserialize<'de> for Backoff {
         let min = parse_duration(min).map_err(de::Error::custom)?;
         let max = parse_duration(max).map_err(de::Error::custom)?;
         if min.is_zero() || min > max {
-            return Err(de::Error::custom(format!(
-                "invalid backoff {text:?}: MIN must be positive and not above MAX"
-            )));
+            return Err(de::Error::custom(format!("invalid backoff {text:?}: MIN must be positive and not above MAX")));
         }
         Ok(Backoff { min, max })
     }

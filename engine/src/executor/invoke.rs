@@ -11,7 +11,12 @@ use super::{PipelineRuntime, StepFailure};
 /// Invokes step `index` on `item`, retrying retryable errors per the pipeline's
 /// `[retry]` policy. Permits are held only while the function runs, not while
 /// waiting to retry.
-pub(super) async fn step(rt: &PipelineRuntime, index: usize, item: Item, event_started: Instant) -> Result<Vec<Item>, StepFailure> {
+pub(super) async fn step(
+    rt: &PipelineRuntime,
+    index: usize,
+    item: Item,
+    event_started: Instant,
+) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
     let limits = &rt.pipeline.limits;
     with_retries(rt, &step.name, event_started, || {
@@ -48,7 +53,12 @@ pub(super) async fn step(rt: &PipelineRuntime, index: usize, item: Item, event_s
 
 /// Runs `attempt` (which should do one try, holding permits) until it succeeds, fails
 /// permanently, runs out of attempts or the event gets older than `max_age`.
-pub(super) async fn with_retries<T, F, Fut>(rt: &PipelineRuntime, step: &str, event_started: Instant, mut attempt: F) -> Result<T, StepFailure>
+pub(super) async fn with_retries<T, F, Fut>(
+    rt: &PipelineRuntime,
+    step: &str,
+    event_started: Instant,
+    mut attempt: F,
+) -> Result<T, StepFailure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, FunctionError>>,

@@ -65,7 +65,13 @@ pub struct PipelineRuntime {
 }
 
 impl PipelineRuntime {
-    pub fn new(pipeline: Arc<Pipeline>, ledger: Ledger, stores: Stores, global: Arc<Semaphore>, default_dead_letter: String) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        ledger: Ledger,
+        stores: Stores,
+        global: Arc<Semaphore>,
+        default_dead_letter: String,
+    ) -> Self {
         let graph = graph::Graph::new(&pipeline.steps);
         Self {
             name: Arc::from(pipeline.name.as_str()),
@@ -82,7 +88,12 @@ impl PipelineRuntime {
 
     /// Runs events from `queue` until `shutdown`, then lets in-flight events finish
     /// for up to `grace`. Events still queued are left unacknowledged.
-    pub async fn serve(self: Arc<Self>, mut queue: mpsc::Receiver<Event>, shutdown: CancellationToken, grace: Duration) {
+    pub async fn serve(
+        self: Arc<Self>,
+        mut queue: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
         let slots = Arc::new(Semaphore::new(self.pipeline.limits.concurrency));
         let mut running = JoinSet::new();
         loop {
@@ -174,7 +185,9 @@ impl PipelineRuntime {
                 if *size > limit {
                     return Err(StepFailure {
                         step: "load".into(),
-                        error: FunctionError::permanent(format!("{key} is {size} bytes, over max_input_bytes = {limit}")),
+                        error: FunctionError::permanent(format!(
+                            "{key} is {size} bytes, over max_input_bytes = {limit}"
+                        )),
                         attempts: 1,
                     });
                 }
@@ -185,9 +198,13 @@ impl PipelineRuntime {
                         let bucket = self.stores.resolve(&url)?;
                         let location = bucket.path(&key)?;
                         let context = || format!("reading {key} from {url}");
-                        let result = bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
+                        let result =
+                            bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
                         if result.meta.size > limit {
-                            return Err(FunctionError::permanent(format!("{key} is {} bytes, over max_input_bytes = {limit}", result.meta.size)));
+                            return Err(FunctionError::permanent(format!(
+                                "{key} is {} bytes, over max_input_bytes = {limit}",
+                                result.meta.size
+                            )));
                         }
                         let bytes = result.bytes().await.map_err(|e| FunctionError::from_store(context(), e))?;
                         Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url, key)))

@@ -124,7 +124,14 @@ impl Ledger {
         .await
     }
 
-    pub async fn record_object(&self, pipeline: &str, url: &str, key: &str, version: &str, status: ObjectStatus) -> Result<(), LedgerError> {
+    pub async fn record_object(
+        &self,
+        pipeline: &str,
+        url: &str,
+        key: &str,
+        version: &str,
+        status: ObjectStatus,
+    ) -> Result<(), LedgerError> {
         let (pipeline, url, key, version) = (pipeline.to_owned(), url.to_owned(), key.to_owned(), version.to_owned());
         self.with(move |c| {
             c.prepare_cached(
@@ -142,8 +149,12 @@ impl Ledger {
     pub async fn object_count(&self, pipeline: &str, status: ObjectStatus) -> Result<u64, LedgerError> {
         let pipeline = pipeline.to_owned();
         self.with(move |c| {
-            c.query_row("SELECT count(*) FROM objects WHERE pipeline = ?1 AND status = ?2", params![pipeline, status.as_str()], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
+            c.query_row(
+                "SELECT count(*) FROM objects WHERE pipeline = ?1 AND status = ?2",
+                params![pipeline, status.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
         })
         .await
     }
@@ -151,14 +162,23 @@ impl Ledger {
     pub async fn run_started(&self, id: &str, pipeline: &str, source: &str) -> Result<(), LedgerError> {
         let (id, pipeline, source) = (id.to_owned(), pipeline.to_owned(), source.to_owned());
         self.with(move |c| {
-            c.prepare_cached("INSERT OR REPLACE INTO runs (id, pipeline, source, status) VALUES (?1, ?2, ?3, 'running')")?
-                .execute(params![id, pipeline, source])
-                .map(|_| ())
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO runs (id, pipeline, source, status) VALUES (?1, ?2, ?3, 'running')",
+            )?
+            .execute(params![id, pipeline, source])
+            .map(|_| ())
         })
         .await
     }
 
-    pub async fn run_finished(&self, id: &str, status: &str, attempts: u32, duration: Duration, error: Option<String>) -> Result<(), LedgerError> {
+    pub async fn run_finished(
+        &self,
+        id: &str,
+        status: &str,
+        attempts: u32,
+        duration: Duration,
+        error: Option<String>,
+    ) -> Result<(), LedgerError> {
         let (id, status) = (id.to_owned(), status.to_owned());
         let ms = duration.as_millis() as i64;
         self.with(move |c| {

@@ -133,7 +133,8 @@ impl KeyFilter {
         if rest.is_empty() || key.split('/').any(|s| s.starts_with('.')) {
             return false;
         }
-        self.include.as_ref().is_none_or(|g| g.is_match(rest)) && !self.exclude.as_ref().is_some_and(|g| g.is_match(rest))
+        self.include.as_ref().is_none_or(|g| g.is_match(rest))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(rest))
     }
 }
 
@@ -190,7 +191,13 @@ impl ObjectStoreTrigger {
 
     /// Lists the prefix as a stream and submits every new or changed object. Returns
     /// whether some objects were too fresh and should be looked at again soon.
-    async fn scan(&self, bucket: &Bucket, sink: &EventSink, acker: &Arc<dyn Acknowledge>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    async fn scan(
+        &self,
+        bucket: &Bucket,
+        sink: &EventSink,
+        acker: &Arc<dyn Acknowledge>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
         let prefix_dir = self.config.filter.prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let list_prefix = if prefix_dir.is_empty() { bucket.prefix.clone() } else { bucket.path(prefix_dir)? };
         let mut listing = bucket.store.list(Some(&list_prefix));
@@ -211,7 +218,13 @@ impl ObjectStoreTrigger {
         Ok(deferred)
     }
 
-    async fn consider(&self, bucket: &Bucket, meta: ObjectMeta, sink: &EventSink, acker: &Arc<dyn Acknowledge>) -> anyhow::Result<Consider> {
+    async fn consider(
+        &self,
+        bucket: &Bucket,
+        meta: ObjectMeta,
+        sink: &EventSink,
+        acker: &Arc<dyn Acknowledge>,
+    ) -> anyhow::Result<Consider> {
         let Some(key) = bucket.key_of(&meta.location) else { return Ok(Consider::Skipped) };
         if !self.config.filter.matches(&key) {
             return Ok(Consider::Skipped);
@@ -220,7 +233,8 @@ impl ObjectStoreTrigger {
         if age < self.config.settle {
             return Ok(Consider::TooFresh);
         }
-        let version = meta.e_tag.clone().unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_micros()));
+        let version =
+            meta.e_tag.clone().unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_micros()));
         if self.in_flight.lock().expect("in-flight lock").contains(&key) {
             return Ok(Consider::Skipped);
         }
@@ -231,7 +245,13 @@ impl ObjectStoreTrigger {
         let event = Event {
             id: uuid::Uuid::now_v7().to_string(),
             pipeline: self.ctx.pipeline.clone(),
-            source: EventSource::Object { url: bucket.url.clone(), key, size: meta.size, version, last_modified: Some(meta.last_modified) },
+            source: EventSource::Object {
+                url: bucket.url.clone(),
+                key,
+                size: meta.size,
+                version,
+                last_modified: Some(meta.last_modified),
+            },
             received_at: SystemTime::now(),
             acker: acker.clone(),
         };
@@ -242,7 +262,14 @@ impl ObjectStoreTrigger {
     }
 
     /// A file the watcher reported: look it up and consider it like a listed object.
-    async fn changed_file(&self, bucket: &Bucket, root: &FsPath, path: &FsPath, sink: &EventSink, acker: &Arc<dyn Acknowledge>) -> anyhow::Result<Consider> {
+    async fn changed_file(
+        &self,
+        bucket: &Bucket,
+        root: &FsPath,
+        path: &FsPath,
+        sink: &EventSink,
+        acker: &Arc<dyn Acknowledge>,
+    ) -> anyhow::Result<Consider> {
         let Some(key) = key_of_file(root, path) else { return Ok(Consider::Skipped) };
         if !self.config.filter.matches(&key) {
             return Ok(Consider::Skipped);
@@ -287,9 +314,15 @@ fn watch(dir: &FsPath) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::Rece
             Err(_) => vec![Change::Rescan],
             Ok(event) if event.need_rescan() => vec![Change::Rescan],
             Ok(event) => match event.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.into_iter().map(Change::File).collect(),
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.into_iter().map(Change::File).collect(),
-                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.into_iter().skip(1).map(Change::File).collect(),
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                    event.paths.into_iter().map(Change::File).collect()
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    event.paths.into_iter().map(Change::File).collect()
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    event.paths.into_iter().skip(1).map(Change::File).collect()
+                }
                 // Files written right after a directory is created can be missed by a
                 // recursive watch: list again to be sure.
                 EventKind::Create(CreateKind::Folder) => vec![Change::Rescan],

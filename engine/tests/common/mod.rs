@@ -95,7 +95,8 @@ impl Function for TestFunction {
                 if self.params.fan_out > 1 {
                     out.meta.variant = Some(format!("v{i}"));
                     if let Payload::Bytes(b) = &item.payload {
-                        out.payload = Payload::Bytes(format!("{}:{}", String::from_utf8_lossy(b), i).into_bytes().into());
+                        out.payload =
+                            Payload::Bytes(format!("{}:{}", String::from_utf8_lossy(b), i).into_bytes().into());
                     }
                 }
                 out
