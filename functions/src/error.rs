@@ -22,11 +22,11 @@ pub struct FunctionError {
 
 impl FunctionError {
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: message.into(), source: None }
+        Self { kind: ErrorKind::Permanent, message: one_line(message.into()), source: None }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Retryable, message: message.into(), source: None }
+        Self { kind: ErrorKind::Retryable, message: one_line(message.into()), source: None }
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -48,7 +48,7 @@ impl FunctionError {
         let mut next: Option<&(dyn std::error::Error + 'static)> =
             self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
         while let Some(err) = next {
-            let text = err.to_string();
+            let text = one_line(err.to_string());
             if !out.contains(&text) {
                 out.push_str(": ");
                 out.push_str(&text);
@@ -87,6 +87,16 @@ impl fmt::Display for FunctionError {
 impl std::error::Error for FunctionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Errors end up in one-line log records and dead letters: fold any line breaks a
+/// library put into its message.
+fn one_line(message: String) -> String {
+    if message.contains(['\n', '\r']) {
+        message.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    } else {
+        message
     }
 }
 

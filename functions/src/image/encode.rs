@@ -1,0 +1,59 @@
+//! Pixels to bytes.
+
+use image::{ImageEncoder, RgbImage};
+use serde::Deserialize;
+
+use crate::FunctionError;
+
+/// Output formats. WebP is lossless: the `image` crate has no lossy WebP encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+        }
+    }
+}
+
+/// Encodes 8-bit RGB. `quality` (1–100) applies to JPEG.
+pub fn encode(image: &RgbImage, format: Format, quality: u8) -> Result<Vec<u8>, FunctionError> {
+    let (w, h) = image.dimensions();
+    let mut out = Vec::with_capacity((w * h / 4) as usize);
+    let result = match format {
+        Format::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
+            image.as_raw(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        ),
+        Format::Png => {
+            image::codecs::png::PngEncoder::new(&mut out).write_image(image.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        }
+        Format::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(
+            image.as_raw(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        ),
+    };
+    result.map_err(|e| FunctionError::permanent(format!("encoding {w}×{h} {format:?}: {e}")))?;
+    Ok(out)
+}
