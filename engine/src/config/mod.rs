@@ -558,7 +558,7 @@ key = "out/{name}"
         let text = GOOD.replace("[[step]]", "[limits]\nconcurrency = 0\ntimeout = \"soon\"\nbogus = 1\n[[step]]");
         let errs = errors(&text);
         assert_eq!(errs.len(), 3, "{errs:#?}");
-        assert!(errs[0].starts_with("p.toml:7:15:"), "{errs:#?}");
+        assert!(errs[0].starts_with("p.toml:8:15:"), "{errs:#?}");
         assert!(errs.iter().any(|e| e.contains("soon")));
         assert!(errs.iter().any(|e| e.contains("bogus")));
     }
