@@ -28,12 +28,10 @@ impl Bucket {
     /// The store path of an untrusted key. Rejects keys that could escape the bucket:
     /// `..` or `.` segments, empty segments, absolute paths, backslashes, control bytes.
     pub fn path(&self, key: &str) -> Result<Path, FunctionError> {
-        check_key(key).map_err(|why| {
-            FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url))
-        })?;
-        let relative = Path::parse(key).map_err(|e| {
-            FunctionError::permanent(format!("invalid key {key:?} in {}: {e}", self.url))
-        })?;
+        check_key(key)
+            .map_err(|why| FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url)))?;
+        let relative = Path::parse(key)
+            .map_err(|e| FunctionError::permanent(format!("invalid key {key:?} in {}: {e}", self.url)))?;
         Ok(self.prefix.parts().chain(relative.parts()).collect())
     }
 
@@ -139,8 +137,7 @@ impl Stores {
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let options = self.options.lock().expect("stores lock").get(url).cloned().unwrap_or_default();
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
         Ok(Bucket { url: url.to_string(), store: Arc::from(store), prefix, local_root: None })
     }
 }

@@ -7,8 +7,7 @@ use crate::store::check_key;
 use crate::{BuildError, Context, FunctionError, Item};
 
 /// The placeholders a template may use, for messages and docs.
-pub const PLACEHOLDERS: &str =
-    "{key} {dir} {name} {stem} {ext} {variant} {format} {pipeline} {step} {attr.NAME}";
+pub const PLACEHOLDERS: &str = "{key} {dir} {name} {stem} {ext} {variant} {format} {pipeline} {step} {attr.NAME}";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -41,9 +40,10 @@ impl KeyTemplate {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| {
-                BuildError::new(format!("unclosed `{{` in key template {source:?}"))
-            })? + open;
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| BuildError::new(format!("unclosed `{{` in key template {source:?}")))?
+                + open;
             let name = &rest[open + 1..close];
             parts.push(match name {
                 "key" => Part::Key,
@@ -75,9 +75,8 @@ impl KeyTemplate {
         let template = Self { source: source.to_string(), parts };
         // The literal parts alone must not be able to escape the bucket.
         let sample = template.sample();
-        check_key(&sample).map_err(|why| {
-            BuildError::new(format!("key template {source:?} can produce unsafe keys: {why}"))
-        })?;
+        check_key(&sample)
+            .map_err(|why| BuildError::new(format!("key template {source:?} can produce unsafe keys: {why}")))?;
         Ok(template)
     }
 
@@ -117,17 +116,13 @@ impl KeyTemplate {
                 Part::Name => out.push_str(meta.name()),
                 Part::Stem => out.push_str(meta.stem()),
                 Part::Ext => out.push_str(meta.ext()),
-                Part::Variant => {
-                    out.push_str(meta.variant.as_deref().ok_or_else(|| missing("{variant}"))?)
-                }
-                Part::Format => {
-                    out.push_str(meta.format_ext.as_deref().ok_or_else(|| missing("{format}"))?)
-                }
+                Part::Variant => out.push_str(meta.variant.as_deref().ok_or_else(|| missing("{variant}"))?),
+                Part::Format => out.push_str(meta.format_ext.as_deref().ok_or_else(|| missing("{format}"))?),
                 Part::Pipeline => out.push_str(&ctx.pipeline),
                 Part::Step => out.push_str(&ctx.step),
-                Part::Attr(name) => out.push_str(
-                    meta.attributes.get(name).ok_or_else(|| missing(&format!("{{attr.{name}}}")))?,
-                ),
+                Part::Attr(name) => {
+                    out.push_str(meta.attributes.get(name).ok_or_else(|| missing(&format!("{{attr.{name}}}")))?)
+                }
             }
         }
         check_key(&out).map_err(|why| {

@@ -113,6 +113,7 @@ impl PipelineRuntime {
             });
         }
         queue.close();
+        while running.try_join_next().is_some() {}
         let in_flight = running.len();
         if in_flight > 0 {
             tracing::info!(pipeline = %self.name, in_flight, grace = ?grace, "draining in-flight events");

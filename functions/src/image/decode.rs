@@ -60,7 +60,9 @@ pub fn probe(bytes: &[u8], limits: &Limits, name: &str) -> Result<Header, Functi
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // Decoders happily return grey for missing scan data; a cut-off upload must
         // not become a half-grey thumbnail.
-        return Err(FunctionError::permanent(format!("{name}: truncated JPEG (no end-of-image marker after the last scan)")));
+        return Err(FunctionError::permanent(format!(
+            "{name}: truncated JPEG (no end-of-image marker after the last scan)"
+        )));
     }
     Ok(Header { format, width, height })
 }
@@ -87,7 +89,8 @@ pub fn decode(bytes: &[u8], limits: &Limits, name: &str) -> Result<DynamicImage,
     // Room for the widest pixel type (RGBA, 16-bit) plus decoder scratch space.
     decoder_limits.max_alloc = Some(header.width as u64 * header.height as u64 * 8 + (64 << 20));
     reader.limits(decoder_limits);
-    let fail = |e: image::ImageError| FunctionError::permanent(format!("{name}: cannot decode {:?}: {e}", header.format));
+    let fail =
+        |e: image::ImageError| FunctionError::permanent(format!("{name}: cannot decode {:?}: {e}", header.format));
     let mut decoder = reader.into_decoder().map_err(fail)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(fail)?;

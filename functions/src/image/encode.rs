@@ -44,9 +44,12 @@ pub fn encode(image: &RgbImage, format: Format, quality: u8) -> Result<Vec<u8>, 
             h,
             image::ExtendedColorType::Rgb8,
         ),
-        Format::Png => {
-            image::codecs::png::PngEncoder::new(&mut out).write_image(image.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        }
+        Format::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
+            image.as_raw(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        ),
         Format::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(
             image.as_raw(),
             w,

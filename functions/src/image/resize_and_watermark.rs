@@ -66,7 +66,10 @@ fn build(p: Params) -> Result<ResizeAndWatermark, BuildError> {
             return Err(BuildError::param("sizes", format!("size {:?}: long_edge must be at least 1", s.name)));
         }
         if s.name.is_empty() || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
-            return Err(BuildError::param("sizes", format!("size name {:?} must be a plain word (it becomes part of keys)", s.name)));
+            return Err(BuildError::param(
+                "sizes",
+                format!("size name {:?} must be a plain word (it becomes part of keys)", s.name),
+            ));
         }
         if !names.insert(s.name.clone()) {
             return Err(BuildError::param("sizes", format!("size name {:?} is used twice", s.name)));
@@ -106,7 +109,8 @@ impl Inner {
                 if let Some(watermark) = &self.watermark {
                     watermark.apply(&mut variant);
                 }
-                encode(&variant, self.format, self.quality).map_err(|e| FunctionError::permanent(format!("{name}: {e}")))
+                encode(&variant, self.format, self.quality)
+                    .map_err(|e| FunctionError::permanent(format!("{name}: {e}")))
             })
             .collect()
     }
@@ -124,7 +128,10 @@ impl Function for ResizeAndWatermark {
                 Payload::Bytes(bytes) => decode(&bytes, &limits, &name)?,
                 Payload::Image(image) => (*image).clone(),
                 other => {
-                    return Err(FunctionError::permanent(format!("{name}: expected image bytes, got a {} payload", other.kind())))
+                    return Err(FunctionError::permanent(format!(
+                        "{name}: expected image bytes, got a {} payload",
+                        other.kind()
+                    )))
                 }
             };
             let rgb = flatten(image, inner.background);
@@ -175,7 +182,11 @@ mod tests {
         let out = run(PARAMS, jpeg(&photo(2000, 1500), 90)).await.unwrap();
         let got: Vec<_> = out.iter().map(|i| (i.meta.variant.clone().unwrap(), dims(i))).collect();
         assert_eq!(got, [("thumb".into(), (200, 150)), ("medium".into(), (800, 600)), ("large".into(), (1600, 1200))]);
-        assert!(out.iter().all(|i| i.meta.content_type.as_deref() == Some("image/jpeg") && i.meta.key.as_deref() == Some("in/p.jpg")));
+        assert!(
+            out.iter()
+                .all(|i| i.meta.content_type.as_deref() == Some("image/jpeg")
+                    && i.meta.key.as_deref() == Some("in/p.jpg"))
+        );
         let small = run(PARAMS, jpeg(&photo(300, 500), 90)).await.unwrap();
         assert_eq!(small.iter().map(dims).collect::<Vec<_>>(), [(120, 200), (300, 500), (300, 500)]);
     }
@@ -200,11 +211,17 @@ mod tests {
 
     #[tokio::test]
     async fn png_gif_and_webp_inputs_work_and_formats_out() {
-        let rgba = image::RgbaImage::from_fn(320, 240, |x, y| image::Rgba([x as u8, y as u8, 90, if x < 160 { 0 } else { 255 }]));
+        let rgba = image::RgbaImage::from_fn(320, 240, |x, y| {
+            image::Rgba([x as u8, y as u8, 90, if x < 160 { 0 } else { 255 }])
+        });
         let mut gif = Vec::new();
-        image::DynamicImage::ImageRgba8(rgba.clone()).write_to(&mut std::io::Cursor::new(&mut gif), image::ImageFormat::Gif).unwrap();
+        image::DynamicImage::ImageRgba8(rgba.clone())
+            .write_to(&mut std::io::Cursor::new(&mut gif), image::ImageFormat::Gif)
+            .unwrap();
         let mut webp = Vec::new();
-        image::DynamicImage::ImageRgba8(rgba.clone()).write_to(&mut std::io::Cursor::new(&mut webp), image::ImageFormat::WebP).unwrap();
+        image::DynamicImage::ImageRgba8(rgba.clone())
+            .write_to(&mut std::io::Cursor::new(&mut webp), image::ImageFormat::WebP)
+            .unwrap();
         for input in [png_rgba(&rgba), gif, webp] {
             let out = run(PARAMS, input).await.unwrap();
             assert_eq!(dims(&out[0]), (200, 150));
@@ -245,7 +262,8 @@ mod tests {
         for item in &out {
             let Payload::Bytes(b) = &item.payload else { panic!() };
             let got = image::load_from_memory(b).unwrap().into_rgb8();
-            let reference = image::imageops::resize(&source, got.width(), got.height(), image::imageops::FilterType::Lanczos3);
+            let reference =
+                image::imageops::resize(&source, got.width(), got.height(), image::imageops::FilterType::Lanczos3);
             // The watermark sits in the bottom-right, within the bottom 10% of rows.
             let score = psnr(&got, &reference, got.height() * 9 / 10);
             assert!(score >= 32.0, "{:?}: PSNR {score:.1} dB", item.meta.variant);
@@ -273,7 +291,10 @@ mod tests {
             "{ sizes = [{ name = \"a\", long_edge = 9 }], colour = \"red\" }",
             "{ sizes = [{ name = \"a\", long_edge = 9 }], format = \"bmp\" }",
         ] {
-            assert!(Registry::builtin().build("image.resize_and_watermark", FnParams::parse(bad).unwrap()).is_err(), "{bad}");
+            assert!(
+                Registry::builtin().build("image.resize_and_watermark", FnParams::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -248,7 +248,9 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        for bad in ["text = \"\"", "text = \"x\"\nopacity = 2.0", "text = \"x\"\ncolor = \"blue\"", "text = \"x\"\nsize = 0.0"] {
+        for bad in
+            ["text = \"\"", "text = \"x\"\nopacity = 2.0", "text = \"x\"\ncolor = \"blue\"", "text = \"x\"\nsize = 0.0"]
+        {
             assert!(Watermark::new(toml::from_str(bad).unwrap()).is_err(), "{bad}");
         }
     }

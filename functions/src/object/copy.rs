@@ -19,8 +19,18 @@ pub fn spec() -> FunctionSpec {
         "object.copy",
         "Copy the event's source object to a key template (same or another bucket).",
         &[
-            Param { name: "key", kind: "string (template)", default: None, doc: "Destination key template, e.g. \"archive/{key}\"." },
-            Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Destination bucket." },
+            Param {
+                name: "key",
+                kind: "string (template)",
+                default: None,
+                doc: "Destination key template, e.g. \"archive/{key}\".",
+            },
+            Param {
+                name: "url",
+                kind: "string (URL)",
+                default: Some("the event's bucket"),
+                doc: "Destination bucket.",
+            },
         ],
         |p: CopyParams| {
             Ok(Copy { url: p.url, key: KeyTemplate::parse(&p.key).map_err(|e| BuildError::param("key", e.message))? })

@@ -24,8 +24,18 @@ pub fn spec() -> FunctionSpec {
         "object.delete",
         "Delete an object; by default the event's source object. Deleting a missing object succeeds.",
         &[
-            Param { name: "key", kind: "string (template)", default: Some("\"{key}\""), doc: "Key template of the object to delete." },
-            Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Bucket to delete from." },
+            Param {
+                name: "key",
+                kind: "string (template)",
+                default: Some("\"{key}\""),
+                doc: "Key template of the object to delete.",
+            },
+            Param {
+                name: "url",
+                kind: "string (URL)",
+                default: Some("the event's bucket"),
+                doc: "Bucket to delete from.",
+            },
         ],
         |p: DeleteParams| {
             Ok(Delete { url: p.url, key: KeyTemplate::parse(&p.key).map_err(|e| BuildError::param("key", e.message))? })

@@ -20,11 +20,24 @@ pub fn spec() -> FunctionSpec {
         "object.manifest",
         "Fan-in: write a JSON manifest of the items collected for one event (use with `collect = true`).",
         &[
-            Param { name: "key", kind: "string (template)", default: None, doc: "Key template of the manifest, e.g. \"manifests/{stem}.json\"." },
-            Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Bucket to write to." },
+            Param {
+                name: "key",
+                kind: "string (template)",
+                default: None,
+                doc: "Key template of the manifest, e.g. \"manifests/{stem}.json\".",
+            },
+            Param {
+                name: "url",
+                kind: "string (URL)",
+                default: Some("the event's bucket"),
+                doc: "Bucket to write to.",
+            },
         ],
         |p: ManifestParams| {
-            Ok(Manifest { url: p.url, key: KeyTemplate::parse(&p.key).map_err(|e| BuildError::param("key", e.message))? })
+            Ok(Manifest {
+                url: p.url,
+                key: KeyTemplate::parse(&p.key).map_err(|e| BuildError::param("key", e.message))?,
+            })
         },
     )
 }

@@ -19,8 +19,18 @@ pub fn spec() -> FunctionSpec {
         "object.put",
         "Write the item (bytes, or JSON as text) to a bucket under a key template.",
         &[
-            Param { name: "key", kind: "string (template)", default: None, doc: "Key template, e.g. \"processed/{variant}/{stem}.jpg\"." },
-            Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Bucket to write to: file://, memory://, s3://…" },
+            Param {
+                name: "key",
+                kind: "string (template)",
+                default: None,
+                doc: "Key template, e.g. \"processed/{variant}/{stem}.jpg\".",
+            },
+            Param {
+                name: "url",
+                kind: "string (URL)",
+                default: Some("the event's bucket"),
+                doc: "Bucket to write to: file://, memory://, s3://…",
+            },
         ],
         |p: PutParams| {
             Ok(Put { url: p.url, key: KeyTemplate::parse(&p.key).map_err(|e| BuildError::param("key", e.message))? })
@@ -38,9 +48,10 @@ impl Function for Put {
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let bytes = match &item.payload {
             Payload::Bytes(b) => b.clone(),
-            Payload::Json(v) => bytes::Bytes::from(serde_json::to_vec(v).map_err(|e| {
-                FunctionError::permanent(format!("cannot serialise {}: {e}", item.describe()))
-            })?),
+            Payload::Json(v) => bytes::Bytes::from(
+                serde_json::to_vec(v)
+                    .map_err(|e| FunctionError::permanent(format!("cannot serialise {}: {e}", item.describe())))?,
+            ),
             other => {
                 return Err(FunctionError::permanent(format!(
                     "object.put needs bytes or JSON, got a {} payload for {} (encode it first)",
