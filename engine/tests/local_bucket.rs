@@ -138,3 +138,38 @@ key = "copies/{name}"
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), n, "{}", copy.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_then_delete_moves_objects_to_another_bucket() {
+    let sandbox = Sandbox::new();
+    let archive = sandbox.dir.path().join("archive");
+    let file = sandbox.pipeline(
+        "mover",
+        &r#"
+name = "mover"
+[trigger]
+kind = "object_store"
+url = "{bucket}"
+prefix = "inbox/"
+[[step]]
+name = "archive"
+function = "object.copy"
+url = "ARCHIVE"
+key = "{dir}/{stem}.{ext}"
+[[step]]
+name = "remove"
+after = "archive"
+function = "object.delete"
+"#
+        .replace("ARCHIVE", &format!("file://{}", archive.display())),
+    );
+    let (registry, _probe) = registry_with_probe();
+    let engine = engine(&sandbox, registry);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    let stats = running.pipeline("mover").unwrap().executor.clone();
+    sandbox.drop_file("inbox/2026/report.csv", b"a,b\n1,2\n");
+    wait_for(WAIT, "moved", || stats.events_done.load(Ordering::SeqCst) == 1).await;
+    running.stop().await.unwrap();
+    assert_eq!(std::fs::read_to_string(archive.join("inbox/2026/report.csv")).unwrap(), "a,b\n1,2\n");
+    assert!(!sandbox.bucket().join("inbox/2026/report.csv").exists(), "source deleted after the copy");
+}

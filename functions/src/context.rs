@@ -22,6 +22,9 @@ pub struct Context {
     pub attempt: u32,
     /// The pipeline's `[limits]` that functions enforce themselves (pixels from headers).
     pub limits: Limits,
+    /// The invocation's span (pipeline, step, key): events a function logs inside it
+    /// carry those fields. The executor already runs `invoke` inside it.
+    pub span: tracing::Span,
 }
 
 /// Input limits from the pipeline's `[limits]` table.
@@ -51,6 +54,7 @@ impl Context {
             step: Arc::from("invoke"),
             attempt: 1,
             limits: Limits::default(),
+            span: tracing::Span::none(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tracing::Instrument;
 use weir_functions::{Context, FunctionError, Item, Limits};
 
 use super::{PipelineRuntime, StepFailure};
@@ -19,21 +20,24 @@ pub(super) async fn step(
 ) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
     let limits = &rt.pipeline.limits;
-    with_retries(rt, &step.name, event_started, || {
+    with_retries(rt, &step.name, event_started, |attempt| {
         let item = item.clone();
         async move {
+            let described = item.describe();
+            let span = tracing::info_span!("invoke", pipeline = %rt.name, step = %step.name, key = %described);
             let ctx = Context {
                 stores: rt.stores.clone(),
                 cancel: tokio_util::sync::CancellationToken::new(),
                 deadline: Instant::now() + limits.timeout,
                 pipeline: rt.name.clone(),
                 step: std::sync::Arc::from(step.name.as_str()),
-                attempt: 1,
+                attempt,
                 limits: Limits { max_input_bytes: limits.max_input_bytes, max_pixels: limits.max_pixels },
+                span: span.clone(),
             };
-            let described = item.describe();
             let started = Instant::now();
-            let result = match tokio::time::timeout(limits.timeout, step.function.invoke(item, &ctx)).await {
+            let invocation = step.function.invoke(item, &ctx).instrument(span);
+            let result = match tokio::time::timeout(limits.timeout, invocation).await {
                 Ok(result) => result,
                 Err(_) => {
                     ctx.cancel.cancel();
@@ -51,8 +55,8 @@ pub(super) async fn step(
     .await
 }
 
-/// Runs `attempt` (which should do one try, holding permits) until it succeeds, fails
-/// permanently, runs out of attempts or the event gets older than `max_age`.
+/// Runs `attempt` (one try, given its number from 1; called holding permits) until it
+/// succeeds, fails permanently, runs out of attempts or the event gets older than `max_age`.
 pub(super) async fn with_retries<T, F, Fut>(
     rt: &PipelineRuntime,
     step: &str,
@@ -60,7 +64,7 @@ pub(super) async fn with_retries<T, F, Fut>(
     mut attempt: F,
 ) -> Result<T, StepFailure>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, FunctionError>>,
 {
     let retry = &rt.pipeline.retry;
@@ -72,7 +76,7 @@ where
             let _local = rt.local.acquire().await.expect("permits are never closed");
             let running = rt.stats.invocations_running.fetch_add(1, Ordering::SeqCst) + 1;
             rt.stats.invocations_high_water.fetch_max(running, Ordering::SeqCst);
-            let result = attempt().await;
+            let result = attempt(tries).await;
             rt.stats.invocations_running.fetch_sub(1, Ordering::SeqCst);
             result
         };

@@ -193,7 +193,7 @@ impl PipelineRuntime {
                     });
                 }
                 let (url, key) = (url.clone(), key.clone());
-                invoke::with_retries(self, "load", started, || {
+                invoke::with_retries(self, "load", started, |_| {
                     let (url, key) = (url.clone(), key.clone());
                     async move {
                         let bucket = self.stores.resolve(&url)?;
