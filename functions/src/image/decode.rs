@@ -81,7 +81,39 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Decodes an image (the first frame of an animation) and applies its EXIF
 /// orientation, so what comes out is what a viewer displays.
 pub fn decode(bytes: &[u8], limits: &Limits, name: &str) -> Result<DynamicImage, FunctionError> {
+    decode_covering(bytes, limits, name, u32::MAX).map(|d| d.image)
+}
+
+/// A decoded image that may be smaller than the original (shrink-on-load).
+pub struct Decoded {
+    pub image: DynamicImage,
+    /// The full size, as displayed (after EXIF orientation): sizes of variants are
+    /// computed from this, so they do not depend on the decode scale.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Like [`decode`], but a JPEG may be decoded at a reduced scale (n/8) as long as its
+/// long edge still covers `cover` pixels: the cheapest decode that loses nothing for
+/// variants up to `cover` px.
+pub fn decode_covering(bytes: &[u8], limits: &Limits, name: &str, cover: u32) -> Result<Decoded, FunctionError> {
     let header = probe(bytes, limits, name)?;
+    let (mut image, orientation) = if header.format == ImageFormat::Jpeg {
+        super::jpeg::decode_scaled(bytes, cover, name)?
+    } else {
+        decode_with_image_crate(bytes, header, name)?
+    };
+    image.apply_orientation(orientation);
+    let swapped = image.width() != image.height() && (image.width() > image.height()) != (header.width > header.height);
+    let (width, height) = if swapped { (header.height, header.width) } else { (header.width, header.height) };
+    Ok(Decoded { image, width, height })
+}
+
+fn decode_with_image_crate(
+    bytes: &[u8],
+    header: Header,
+    name: &str,
+) -> Result<(DynamicImage, image::metadata::Orientation), FunctionError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), header.format);
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(header.width);
@@ -93,9 +125,8 @@ pub fn decode(bytes: &[u8], limits: &Limits, name: &str) -> Result<DynamicImage,
         |e: image::ImageError| FunctionError::permanent(format!("{name}: cannot decode {:?}: {e}", header.format));
     let mut decoder = reader.into_decoder().map_err(fail)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(fail)?;
-    image.apply_orientation(orientation);
-    Ok(image)
+    let image = DynamicImage::from_decoder(decoder).map_err(fail)?;
+    Ok((image, orientation))
 }
 
 /// 8-bit RGB, with any alpha composited over `background`.

@@ -38,12 +38,7 @@ pub fn encode(image: &RgbImage, format: Format, quality: u8) -> Result<Vec<u8>, 
     let (w, h) = image.dimensions();
     let mut out = Vec::with_capacity((w * h / 4) as usize);
     let result = match format {
-        Format::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
-            image.as_raw(),
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        ),
+        Format::Jpeg => return super::jpeg::encode(image, quality),
         Format::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
             image.as_raw(),
             w,

@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod jpeg;
 pub mod resize;
 pub mod resize_and_watermark;
 pub mod watermark;

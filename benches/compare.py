@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Side-by-side: weir's thumbnails job, run through the engine, against the peer
+implementations in ../shared/peers, on the same photos, alternating, several rounds.
+
+    python3 benches/compare.py [--photos DIR] [--rounds 3] [--workers 2] [--weir PATH]
+
+Per contender and round: wall time from process start until the last output is
+written (for weir: until every event is acknowledged in the ledger), and the peak
+RSS summed over the whole process tree (polled every 20 ms). Prints a markdown table
+with the median images/s, the ratio of weir to each peer, and peak memory.
+
+Peers are skipped (with a note) when their runtime is missing; see
+../shared/peers/README.md for installing them (Pillow/pyvips in /tmp/peers-venv,
+sharp under $PEERS_NODE_PREFIX).
+"""
+import argparse, os, shutil, signal, sqlite3, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+
+PIPELINE = """
+name = "compare"
+[trigger]
+kind = "object_store"
+url = "file://{bucket}"
+prefix = "inbox/"
+include = ["*.jpg", "*.jpeg", "*.png"]
+settle = "0s"
+[limits]
+concurrency = {workers}
+[[step]]
+name = "variants"
+function = "image.resize_and_watermark"
+sizes = [{{ name = "1600", long_edge = 1600 }}, {{ name = "800", long_edge = 800 }}, {{ name = "200", long_edge = 200 }}]
+watermark = {{ text = "MyStore", opacity = 0.5, position = "bottom-right" }}
+quality = 80
+[[step]]
+name = "store"
+after = "variants"
+function = "object.put"
+key = "processed/{{stem}}_{{variant}}.jpg"
+"""
+
+
+def tree_rss_kb(pid):
+    """Summed VmRSS of pid and all its descendants, in KiB."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    stack += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return total
+
+
+def watch(proc, done):
+    """Polls until done() or the process exits; returns (seconds, peak MiB)."""
+    start, peak = time.monotonic(), 0
+    while True:
+        peak = max(peak, tree_rss_kb(proc.pid))
+        if done() or proc.poll() is not None:
+            return time.monotonic() - start, peak / 1024
+        time.sleep(0.02)
+
+
+def run_weir(weir, photos, workers):
+    with tempfile.TemporaryDirectory(prefix="weir-compare-") as tmp:
+        tmp = Path(tmp)
+        inbox = tmp / "bucket" / "inbox"
+        inbox.mkdir(parents=True)
+        for p in photos:
+            shutil.copy(p, inbox / p.name)
+        pipeline = tmp / "compare.toml"
+        pipeline.write_text(PIPELINE.format(bucket=tmp / "bucket", workers=workers))
+        ledger = tmp / "state" / "ledger.db"
+
+        def done():
+            if not ledger.exists():
+                return False
+            try:
+                with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.1) as db:
+                    return db.execute("select count(*) from objects where status = 'done'").fetchone()[0] >= len(photos)
+            except sqlite3.Error:
+                return False
+
+        env = dict(os.environ, WEIR_LOG="warn")
+        proc = subprocess.Popen([weir, "run", str(pipeline), "--state-dir", str(tmp / "state")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds, peak = watch(proc, done)
+        ok = done()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        outputs = len(list((tmp / "bucket" / "processed").glob("*.jpg")))
+        if not ok or outputs != 3 * len(photos):
+            sys.exit(f"weir did not finish: {outputs} outputs\n{err.decode(errors='replace')[-2000:]}")
+        return seconds, peak
+
+
+def run_peer(cmd, photos_dir, count, env=None):
+    with tempfile.TemporaryDirectory(prefix="peer-compare-") as out:
+        proc = subprocess.Popen(cmd(photos_dir, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        seconds, peak = watch(proc, lambda: False)
+        stdout, stderr = proc.communicate()
+        outputs = len(list(Path(out).glob("*.jpg")))
+        if proc.returncode != 0 or outputs != 3 * count:
+            print(f"  peer failed ({outputs} outputs): {stderr.decode(errors='replace')[-500:]}", file=sys.stderr)
+            return None
+        return seconds, peak
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", default=str(ROOT.parent / "shared" / "corpus" / "photos"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--weir", default=str(ROOT / "target" / "release" / "weir"))
+    ap.add_argument("--python", default="/tmp/peers-venv/bin/python")
+    args = ap.parse_args()
+
+    photos_dir = Path(args.photos)
+    photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        sys.exit(f"no photos in {photos_dir}")
+    if not Path(args.weir).exists():
+        sys.exit(f"{args.weir} missing: cargo build --release first")
+    megapixels = None
+    try:
+        from PIL import Image  # optional, only for the MP/s column
+        megapixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in photos) / 1e6
+    except Exception:
+        pass
+
+    w = str(args.workers)
+    node_env = dict(os.environ, PEERS_NODE_PREFIX=os.environ.get("PEERS_NODE_PREFIX", "/tmp/peers-node"))
+    contenders = {"weir": lambda: run_weir(args.weir, photos, args.workers)}
+    have_python = Path(args.python).exists()
+    if have_python and (PEERS / "pillow_peer.py").exists():
+        contenders["pillow"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "pillow_peer.py"), str(i), o, w], photos_dir, len(photos))
+        contenders["pillow --draft"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "pillow_peer.py"), str(i), o, w, "--draft"], photos_dir, len(photos))
+        contenders["pyvips"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "vips_peer.py"), str(i), o, w], photos_dir, len(photos))
+    if shutil.which("node") and Path(node_env["PEERS_NODE_PREFIX"], "node_modules", "sharp").exists():
+        contenders["sharp"] = lambda: run_peer(lambda i, o: ["node", str(PEERS / "sharp_peer.mjs"), str(i), o, w], photos_dir, len(photos), node_env)
+    missing = {"pillow", "pillow --draft", "pyvips", "sharp"} - contenders.keys()
+    if missing:
+        print(f"skipping (runtime not installed): {', '.join(sorted(missing))}", file=sys.stderr)
+
+    results = {name: [] for name in contenders}
+    for r in range(args.rounds):
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            res = contenders[name]()
+            if res:
+                results[name].append(res)
+                print(f"round {r + 1}: {name:<15} {len(photos) / res[0]:6.2f} img/s  peak {res[1]:6.0f} MiB", file=sys.stderr)
+
+    def median_rate(name):
+        return statistics.median(len(photos) / s for s, _ in results[name])
+
+    weir_rate = median_rate("weir")
+    print(f"\n{len(photos)} images" + (f", {megapixels:.1f} MP" if megapixels else "") + f", {args.workers} workers, {args.rounds} rounds (median)\n")
+    print("| contender | img/s median (min-max) | MP/s | weir ÷ this | peak RSS MiB (max) |")
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+        if not runs:
+            continue
+        rates = [len(photos) / s for s, _ in runs]
+        rate = statistics.median(rates)
+        mps = f"{megapixels * rate / len(photos):.1f}" if megapixels else "-"
+        ratio = "1.00" if name == "weir" else f"{weir_rate / rate:.2f}"
+        print(f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | {max(p for _, p in runs):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
