@@ -111,7 +111,12 @@ impl Registry {
     /// Every built-in function. The one list to read to know what exists.
     pub fn builtin() -> Self {
         let mut registry = Self::new();
-        registry.register(crate::image::resize_and_watermark::spec());
+        registry.register(crate::image::function::resize_and_watermark::spec());
+        registry.register(crate::image::function::resize::spec());
+        registry.register(crate::image::function::watermark::spec());
+        registry.register(crate::image::function::convert::spec());
+        registry.register(crate::image::function::metadata::spec());
+        registry.register(crate::image::function::placeholder::spec());
         registry.register(crate::object::put::spec());
         registry.register(crate::object::copy::spec());
         registry.register(crate::object::delete::spec());

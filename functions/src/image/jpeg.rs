@@ -104,6 +104,18 @@ pub fn cmyk_to_rgb(cmyk: &[u8], adobe_inverted: bool) -> Vec<u8> {
 
 /// Baseline JPEG, 4:2:0, libjpeg-turbo's fast path.
 pub fn encode(image: &RgbImage, quality: u8) -> Result<Vec<u8>, FunctionError> {
+    encode_with_exif(image, quality, None)
+}
+
+/// Like [`encode`], embedding an EXIF block (TIFF data, as `ImageDecoder::exif_metadata`
+/// returns it) with its orientation reset to 1: the pixels are already upright.
+pub fn encode_with_exif(image: &RgbImage, quality: u8, exif: Option<&[u8]>) -> Result<Vec<u8>, FunctionError> {
+    let app1 = exif.filter(|e| e.len() < 65_000).map(|tiff| {
+        let mut data = b"Exif\0\0".to_vec();
+        data.extend_from_slice(tiff);
+        reset_orientation(&mut data[6..]);
+        data
+    });
     let (w, h) = image.dimensions();
     let run = || -> std::io::Result<Vec<u8>> {
         let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
@@ -111,10 +123,41 @@ pub fn encode(image: &RgbImage, quality: u8) -> Result<Vec<u8>, FunctionError> {
         compress.set_quality(quality as f32);
         compress.set_size(w as usize, h as usize);
         let mut started = compress.start_compress(Vec::with_capacity((w * h / 8) as usize))?;
+        if let Some(app1) = &app1 {
+            started.write_marker(Marker::APP(1), app1);
+        }
         started.write_scanlines(image.as_raw())?;
         started.finish()
     };
     guarded("output", "encode", run)?.map_err(|e| FunctionError::permanent(format!("encoding {w}×{h} JPEG: {e}")))
+}
+
+/// Sets the orientation tag (0x0112) of IFD0 in TIFF-structured EXIF data to 1.
+fn reset_orientation(tiff: &mut [u8]) {
+    let big = tiff.starts_with(b"MM");
+    let u16_at = |t: &[u8], i: usize| {
+        t.get(i..i + 2).map(|b| if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+    };
+    let u32_at = |t: &[u8], i: usize| {
+        t.get(i..i + 4).map(|b| {
+            if big {
+                u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+        })
+    };
+    let Some(ifd) = u32_at(tiff, 4).map(|o| o as usize) else { return };
+    let Some(count) = u16_at(tiff, ifd) else { return };
+    for entry in 0..count as usize {
+        let at = ifd + 2 + entry * 12;
+        if u16_at(tiff, at) == Some(0x0112) {
+            let one = if big { [0, 1] } else { [1, 0] };
+            if let Some(value) = tiff.get_mut(at + 8..at + 10) {
+                value.copy_from_slice(&one);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

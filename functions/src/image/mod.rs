@@ -4,13 +4,14 @@
 //! each: [`decode`] (content sniffing, limits from the header before any pixel is
 //! allocated, EXIF orientation), [`resize`] (SIMD resampling, never upscaling),
 //! [`watermark`] (text rendered once per size into a cached alpha mask, blended over
-//! its rectangle only) and [`encode`].
+//! its rectangle only) and [`encode`]. The functions themselves, one per file, are
+//! in [`function`].
 
 pub mod decode;
 pub mod encode;
+pub mod function;
 pub mod jpeg;
 pub mod resize;
-pub mod resize_and_watermark;
 pub mod watermark;
 
 /// Parses `#rrggbb` or `#rgb`.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::decode::{decode_covering, flatten, Decoded};
-use super::encode::{encode, Format};
-use super::resize::{fit_inside, resize};
-use super::watermark::{Watermark, WatermarkParams};
+use super::super::decode::{decode_covering, flatten, Decoded};
+use super::super::encode::{encode, Format};
+use super::super::resize::{fit_inside, resize};
+use super::super::watermark::{Watermark, WatermarkParams};
 use crate::{cpu, BuildError, Context, Function, FunctionError, FunctionSpec, Item, Param, Payload};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +78,7 @@ fn build(p: Params) -> Result<ResizeAndWatermark, BuildError> {
     if !(1..=100).contains(&p.quality) {
         return Err(BuildError::param("quality", "quality must be between 1 and 100"));
     }
-    let background = super::parse_color(&p.background)
+    let background = super::super::parse_color(&p.background)
         .ok_or_else(|| BuildError::param("background", format!("background {:?} is not #rrggbb", p.background)))?;
     let watermark = p.watermark.map(Watermark::new).transpose()?;
     Ok(ResizeAndWatermark {
