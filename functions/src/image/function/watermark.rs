@@ -81,7 +81,9 @@ struct Logo {
 impl Logo {
     fn load(p: LogoParams) -> Result<Self, BuildError> {
         let bad = |m: String| BuildError::param("logo", m);
-        if !(0.0..=1.0).contains(&p.opacity) || !(p.scale > 0.0 && p.scale <= 1.0) || !(0.0..0.5).contains(&p.margin) {
+        let valid =
+            (0.0..=1.0).contains(&p.opacity) && p.scale > 0.0 && p.scale <= 1.0 && (0.0..0.5).contains(&p.margin);
+        if !valid {
             return Err(bad("logo: opacity in [0, 1], scale in (0, 1], margin in [0, 0.5)".into()));
         }
         let image = image::open(&p.path).map_err(|e| bad(format!("cannot read logo {}: {e}", p.path)))?.into_rgba8();
