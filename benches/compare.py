@@ -71,7 +71,7 @@ def watch(proc, done):
         time.sleep(0.02)
 
 
-def run_weir(weir, photos, workers):
+def run_weir(weir, photos, workers, keep_outputs=None):
     with tempfile.TemporaryDirectory(prefix="weir-compare-") as tmp:
         tmp = Path(tmp)
         inbox = tmp / "bucket" / "inbox"
@@ -101,7 +101,56 @@ def run_weir(weir, photos, workers):
         outputs = len(list((tmp / "bucket" / "processed").glob("*.jpg")))
         if not ok or outputs != 3 * len(photos):
             sys.exit(f"weir did not finish: {outputs} outputs\n{err.decode(errors='replace')[-2000:]}")
+        if keep_outputs is not None and not any(keep_outputs.iterdir()):
+            for f in (tmp / "bucket" / "processed").glob("*.jpg"):
+                shutil.copy(f, keep_outputs / f.name)
         return seconds, peak
+
+
+def image_sizes(python, photos):
+    """(width, height) of each photo, read with the peers' Pillow."""
+    import json
+    script = "import sys, json\nfrom PIL import Image\nprint(json.dumps([Image.open(p).size for p in sys.argv[1:]]))"
+    return json.loads(subprocess.check_output([python, "-c", script, *map(str, photos)]))
+
+
+def timed(cmd, **kw):
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.monotonic() - start
+
+
+def run_floor(photos, workers, outputs_dir, python):
+    """The decode+encode floor as ../shared/peers/RESULTS.md defines it: libjpeg-turbo's
+    djpeg at the DCT scale the 1600 px variant allows, PNG decode (Pillow), and cjpeg q80
+    of the 99 output-size images; no resize, no watermark. One process per file."""
+    sizes = image_sizes(python, photos)
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        tmp = Path(tmp)
+        decode_list, ppms = [], []
+        for p, size in zip(photos, sizes):
+            if p.suffix.lower() in (".jpg", ".jpeg"):
+                long_edge, scale = max(size), "1/1"
+                for d in (8, 4, 2):
+                    if long_edge / d >= 1600:
+                        scale = f"1/{d}"
+                        break
+                decode_list.append(f"-scale {scale} -outfile /dev/null {p}")
+        for out in sorted(outputs_dir.glob("*.jpg")):
+            ppm = tmp / (out.stem + ".ppm")
+            subprocess.run(["djpeg", "-outfile", str(ppm), str(out)], check=True)
+            ppms.append(str(ppm))
+        (tmp / "decode.txt").write_text("\n".join(decode_list) + "\n")
+        (tmp / "encode.txt").write_text("\n".join(ppms) + "\n")
+        pngs = [str(p) for p in photos if p.suffix.lower() == ".png"]
+        w = str(workers)
+        t = timed(["bash", "-c", f"xargs -P {w} -L 1 djpeg < {tmp}/decode.txt"])
+        if pngs:
+            t += timed([python, "-c", "import sys\nfrom multiprocessing import Pool\nfrom PIL import Image\n"
+                        "def f(p): Image.open(p).load()\n"
+                        f"Pool({w}).map(f, sys.argv[1:])", *pngs])
+        t += timed(["bash", "-c", f"xargs -P {w} -I{{}} cjpeg -quality 80 -outfile /dev/null {{}} < {tmp}/encode.txt"])
+        return t, 0
 
 
 def run_peer(cmd, photos_dir, count, env=None):
@@ -132,15 +181,13 @@ def main():
     if not Path(args.weir).exists():
         sys.exit(f"{args.weir} missing: cargo build --release first")
     megapixels = None
-    try:
-        from PIL import Image  # optional, only for the MP/s column
-        megapixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in photos) / 1e6
-    except Exception:
-        pass
+    if Path(args.python).exists():
+        megapixels = sum(w * h for w, h in image_sizes(args.python, photos)) / 1e6
 
     w = str(args.workers)
     node_env = dict(os.environ, PEERS_NODE_PREFIX=os.environ.get("PEERS_NODE_PREFIX", "/tmp/peers-node"))
-    contenders = {"weir": lambda: run_weir(args.weir, photos, args.workers)}
+    kept = Path(tempfile.mkdtemp(prefix="weir-outputs-"))
+    contenders = {"weir": lambda: run_weir(args.weir, photos, args.workers, kept)}
     have_python = Path(args.python).exists()
     if have_python and (PEERS / "pillow_peer.py").exists():
         contenders["pillow"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "pillow_peer.py"), str(i), o, w], photos_dir, len(photos))
@@ -148,13 +195,16 @@ def main():
         contenders["pyvips"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "vips_peer.py"), str(i), o, w], photos_dir, len(photos))
     if shutil.which("node") and Path(node_env["PEERS_NODE_PREFIX"], "node_modules", "sharp").exists():
         contenders["sharp"] = lambda: run_peer(lambda i, o: ["node", str(PEERS / "sharp_peer.mjs"), str(i), o, w], photos_dir, len(photos), node_env)
-    missing = {"pillow", "pillow --draft", "pyvips", "sharp"} - contenders.keys()
+    if have_python and shutil.which("djpeg") and shutil.which("cjpeg"):
+        contenders["floor (decode+encode only)"] = lambda: run_floor(photos, args.workers, kept, args.python)
+    missing = {"pillow", "pillow --draft", "pyvips", "sharp", "floor (decode+encode only)"} - contenders.keys()
     if missing:
         print(f"skipping (runtime not installed): {', '.join(sorted(missing))}", file=sys.stderr)
 
     results = {name: [] for name in contenders}
     for r in range(args.rounds):
-        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        # weir first in round 1: the floor needs its outputs as encode inputs.
+        order = list(contenders) if r % 2 == 0 else ["weir"] + [c for c in reversed(contenders) if c != "weir"]
         for name in order:
             res = contenders[name]()
             if res:
@@ -175,7 +225,10 @@ def main():
         rate = statistics.median(rates)
         mps = f"{megapixels * rate / len(photos):.1f}" if megapixels else "-"
         ratio = "1.00" if name == "weir" else f"{weir_rate / rate:.2f}"
-        print(f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | {max(p for _, p in runs):.0f} |")
+        peak = max(p for _, p in runs)
+        print(f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | {peak:.0f} |" if peak else
+              f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | - |")
+    shutil.rmtree(kept, ignore_errors=True)
 
 
 if __name__ == "__main__":
