@@ -38,13 +38,37 @@ fn invoke_runs_a_function_on_a_file_and_writes_its_outputs() {
 }
 
 #[test]
+fn invoke_with_no_parameters_makes_the_standard_three_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::RgbImage::from_fn(2000, 1000, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 60]));
+    let input = dir.path().join("photo.jpg");
+    img.save(&input).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = weir()
+        .args(["invoke", "image.resize_and_watermark", "--input"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (variant, width) in [("thumb", 200), ("medium", 800), ("large", 1600)] {
+        assert_eq!(image::open(out_dir.join(format!("photo-{variant}.jpg"))).unwrap().width(), width);
+    }
+}
+
+#[test]
 fn invoke_reports_bad_parameters_and_bad_inputs_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("notes.jpg");
     std::fs::write(&input, "just text").unwrap();
-    let out = weir().args(["invoke", "image.resize_and_watermark", "--input"]).arg(&input).output().unwrap();
+    let out = weir()
+        .args(["invoke", "image.resize_and_watermark", "--param", "sises=[]", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `sizes`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `sises`"));
     let out = weir()
         .args(["invoke", "image.resize_and_watermark", "--param", "sizes=[{name=\"a\",long_edge=9}]", "--input"])
         .arg(&input)

@@ -1,6 +1,9 @@
 //! Hostile inputs end in a clear permanent error, never a panic and never a large
 //! allocation: the process's peak RSS is checked after all of them.
 
+mod common;
+
+use common::png_claiming;
 use image::ImageEncoder;
 use weir_functions::{Context, Item, Metadata, Params, Payload, Registry, Stores};
 
@@ -8,35 +11,6 @@ fn peak_rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-/// A PNG whose header claims `w` × `h`, with a real (tiny) compressed stream.
-fn png_bomb(w: u32, h: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, data) in [
-        (*b"IHDR", [w.to_be_bytes(), h.to_be_bytes()].concat().into_iter().chain([8, 2, 0, 0, 0]).collect::<Vec<u8>>()),
-        (*b"IDAT", vec![0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01]),
-        (*b"IEND", vec![]),
-    ] {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(&kind);
-        out.extend_from_slice(&data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    out
 }
 
 #[tokio::test]
@@ -53,7 +27,7 @@ async fn hostile_inputs_are_refused_cheaply_and_clearly() {
     let mut huge_jpeg = good.clone();
     let sof = huge_jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
     huge_jpeg[sof + 5..sof + 9].copy_from_slice(&[0xfd, 0xe8, 0xfd, 0xe8]); // 65000 × 65000
-    let mut bad_crc = png_bomb(10, 10);
+    let mut bad_crc = png_claiming(10, 10);
     bad_crc[29] ^= 0xff;
     let before = peak_rss_mib();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -62,7 +36,7 @@ async fn hostile_inputs_are_refused_cheaply_and_clearly() {
         ("truncated.jpg", good[..good.len() / 2].to_vec(), "truncated"),
         ("header-only.jpg", good[..160].to_vec(), "zero.jpg"),
         ("huge.jpg", huge_jpeg, "over max_pixels"),
-        ("bomb.png", png_bomb(30_000, 30_000), "900000000 pixels, over max_pixels"),
+        ("bomb.png", png_claiming(30_000, 30_000), "900000000 pixels, over max_pixels"),
         ("bad-crc.png", bad_crc, "bad-crc.png"),
     ];
     for (name, bytes, expected) in cases {

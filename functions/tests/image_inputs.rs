@@ -2,7 +2,7 @@
 //! progressive, greyscale, CMYK from Photoshop), PNG (8/16-bit, palette, alpha), GIF,
 //! WebP — all through `image.resize_and_watermark`, the headline function.
 
-use std::io::Write;
+mod common;
 
 use image::ImageEncoder;
 use weir_functions::{Context, Item, Metadata, Params, Payload, Registry, Stores};
@@ -64,7 +64,7 @@ async fn png_sixteen_bit_palette_and_alpha() {
         .write_image(&ne_bytes(wide.as_raw()), 64, 48, image::ExtendedColorType::Rgb16)
         .unwrap();
     assert!(close(large_variant(png16).await.get_pixel(5, 5).0, [255, 0, 128]));
-    assert!(close(large_variant(palette_png()).await.get_pixel(1, 1).0, [10, 200, 30]));
+    assert!(close(large_variant(common::palette_png()).await.get_pixel(1, 1).0, [10, 200, 30]));
     let transparent = image::RgbaImage::from_pixel(64, 48, image::Rgba([0, 0, 0, 0]));
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
@@ -86,42 +86,4 @@ async fn gif_first_frame_and_webp() {
 /// Native-endian bytes of 16-bit samples, as the encoder expects.
 fn ne_bytes(data: &[u16]) -> Vec<u8> {
     data.iter().flat_map(|v| v.to_ne_bytes()).collect()
-}
-
-/// A 4×4 palette PNG, written chunk by chunk (stored deflate block).
-fn palette_png() -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.write_all(&(data.len() as u32).to_be_bytes()).unwrap();
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut out, b"IHDR", &[0, 0, 0, 4, 0, 0, 0, 4, 8, 3, 0, 0, 0]);
-    chunk(&mut out, b"PLTE", &[0, 0, 0, 10, 200, 30]);
-    // Four rows: filter byte 0, then four pixels of palette index 1.
-    let raw: Vec<u8> = (0..4).flat_map(|_| [0u8, 1, 1, 1, 1]).collect();
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + x as u32) % 65521;
-        b = (b + a) % 65521;
-    }
-    let mut zlib = vec![0x78, 0x01, 0x01, raw.len() as u8, 0, !(raw.len() as u8), 0xff];
-    zlib.extend_from_slice(&raw);
-    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    chunk(&mut out, b"IDAT", &zlib);
-    chunk(&mut out, b"IEND", &[]);
-    out
 }

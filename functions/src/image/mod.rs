@@ -72,38 +72,11 @@ pub(crate) mod test_images {
         out
     }
 
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for &b in bytes {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-
-    /// A tiny PNG whose header claims `width` × `height` 8-bit RGB pixels: a
-    /// decompression bomb's calling card.
-    pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        chunk(&mut out, b"IHDR", &ihdr);
-        // zlib stream of a few zero bytes (stored block).
-        chunk(&mut out, b"IDAT", &[0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01]);
-        chunk(&mut out, b"IEND", &[]);
-        out
+    /// A JPEG whose header claims 65000 × 65000 pixels (SOF0 patched in place).
+    pub fn jpeg_claiming_65000() -> Vec<u8> {
+        let mut bytes = jpeg(&photo(16, 16), 90);
+        let sof = bytes.windows(2).position(|w| w == [0xff, 0xc0]).expect("baseline JPEG has SOF0");
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0xfd, 0xe8, 0xfd, 0xe8]);
+        bytes
     }
 }

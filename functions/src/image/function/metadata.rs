@@ -6,6 +6,7 @@ use std::io::Cursor;
 use image::ImageDecoder;
 use serde::Deserialize;
 
+use super::json_item;
 use crate::image::decode::probe;
 use crate::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Payload};
 
@@ -40,13 +41,13 @@ pub struct Metadata;
 impl Function for Metadata {
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let name = item.describe();
-        let Payload::Bytes(bytes) = &item.payload else {
+        let Payload::Bytes(bytes) = item.payload.clone() else {
             return Err(FunctionError::permanent(format!(
                 "{name}: image.metadata reads encoded bytes, got a {} payload",
                 item.payload.kind()
             )));
         };
-        let header = probe(bytes, &ctx.limits, &name)?;
+        let header = probe(&bytes, &ctx.limits, &name)?;
         let mut decoder = image::ImageReader::with_format(Cursor::new(&bytes[..]), header.format)
             .into_decoder()
             .map_err(|e| FunctionError::permanent(format!("{name}: {e}")))?;
@@ -82,10 +83,7 @@ impl Function for Metadata {
             "bytes": bytes.len(),
             "exif": exif_json,
         });
-        let mut meta = item.meta;
-        meta.content_type = Some("application/json".into());
-        meta.format_ext = Some("json".into());
-        Ok(vec![Item::new(Payload::Json(value), meta)])
+        Ok(vec![json_item(item, value)])
     }
 }
 

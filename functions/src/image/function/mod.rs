@@ -38,6 +38,14 @@ pub(crate) fn image_item(item: &Item, image: DynamicImage) -> Item {
     Item::new(Payload::Image(Arc::new(image)), meta)
 }
 
+/// An item carrying a JSON result (metadata, placeholder…).
+pub(crate) fn json_item(item: Item, value: serde_json::Value) -> Item {
+    let mut meta = item.meta;
+    meta.content_type = Some("application/json".into());
+    meta.format_ext = Some("json".into());
+    Item::new(Payload::Json(value), meta)
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use std::sync::Arc;

@@ -4,8 +4,8 @@
 use base64::Engine;
 use serde::Deserialize;
 
-use super::input;
-use crate::{cpu, BuildError, Context, Function, FunctionError, FunctionSpec, Item, Param, Payload};
+use super::{input, json_item};
+use crate::{cpu, BuildError, Context, Function, FunctionError, FunctionSpec, Item, Param};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,10 +50,7 @@ impl Function for Placeholder {
             }))
         })
         .await?;
-        let mut meta = item.meta;
-        meta.content_type = Some("application/json".into());
-        meta.format_ext = Some("json".into());
-        Ok(vec![Item::new(Payload::Json(value), meta)])
+        Ok(vec![json_item(item, value)])
     }
 }
 

@@ -23,6 +23,7 @@ pub struct Size {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    #[serde(default = "standard_sizes")]
     sizes: Vec<Size>,
     #[serde(default)]
     watermark: Option<WatermarkParams>,
@@ -32,6 +33,13 @@ struct Params {
     quality: u8,
     #[serde(default = "default_background")]
     background: String,
+}
+
+/// thumb 200, medium 800, large 1600: the usual product-photo set.
+fn standard_sizes() -> Vec<Size> {
+    [("thumb", 200), ("medium", 800), ("large", 1600)]
+        .map(|(name, long_edge)| Size { name: name.into(), long_edge })
+        .to_vec()
 }
 
 fn default_quality() -> u8 {
@@ -46,7 +54,7 @@ pub fn spec() -> FunctionSpec {
         "image.resize_and_watermark",
         "Decode once, then per size: fit inside long_edge (never upscale), watermark, encode. One item per size.",
         &[
-            Param { name: "sizes", kind: "[{ name, long_edge }]", default: None, doc: "Variants to make; `name` becomes {variant}." },
+            Param { name: "sizes", kind: "[{ name, long_edge }]", default: Some("thumb 200, medium 800, large 1600"), doc: "Variants to make; `name` becomes {variant}." },
             Param { name: "watermark", kind: "{ text, opacity, position, size, margin, color }", default: Some("none"), doc: "Text watermark; opacity 0.5, position \"bottom-right\" (top-left, top-right, bottom-left, center), size 0.05 and margin 0.02 of the long edge, color \"#ffffff\"." },
             Param { name: "format", kind: "\"jpeg\" | \"png\" | \"webp\"", default: Some("\"jpeg\""), doc: "Output format (WebP is lossless)." },
             Param { name: "quality", kind: "integer 1-100", default: Some("80"), doc: "JPEG quality." },
@@ -300,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_inputs_are_permanent_errors() {
-        for bytes in [vec![], b"<html></html>".to_vec(), png_claiming(30_000, 30_000)] {
+        for bytes in [vec![], b"<html></html>".to_vec(), jpeg_claiming_65000()] {
             let err = run(PARAMS, bytes).await.unwrap_err();
             assert!(!err.is_retryable());
             assert!(err.message().starts_with("in/p.jpg"), "{}", err.message());
@@ -311,6 +319,7 @@ mod tests {
     fn bad_parameters_are_refused_at_build_time() {
         for bad in [
             "{ sizes = [] }",
+            "{ sises = [] }",
             "{ sizes = [{ name = \"a\", long_edge = 0 }] }",
             "{ sizes = [{ name = \"a\", long_edge = 9 }, { name = \"a\", long_edge = 8 }] }",
             "{ sizes = [{ name = \"../a\", long_edge = 9 }] }",
