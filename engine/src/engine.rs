@@ -1,5 +1,7 @@
 //! Wires pipelines to their triggers and executors, and stops them gracefully.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,7 +29,13 @@ pub struct Engine {
     /// Invocation permits shared by all pipelines.
     pub global_concurrency: usize,
     pub stores: Stores,
+    /// Where pushed notifications are served, when a pipeline takes them. Loopback by
+    /// default: exposing it is a deliberate choice (`--listen 0.0.0.0:9750`).
+    pub listen: SocketAddr,
 }
+
+/// The default notification endpoint.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
 
 impl Engine {
     pub fn new(registry: Registry) -> Self {
@@ -38,7 +46,13 @@ impl Engine {
             grace: Duration::from_secs(30),
             global_concurrency: (cores * 4).max(8),
             stores: Stores::new(),
+            listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
         }
+    }
+
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
     }
 
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -91,6 +105,7 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut running = Vec::new();
+        let mut routes = HashMap::new();
         for pipeline in pipelines {
             for step in &pipeline.steps {
                 tracing::info!(pipeline = %pipeline.name, step = %step.name, function = %step.function_name,
@@ -104,6 +119,9 @@ impl Engine {
             let (sink, queue, queue_stats) = EventSink::new(pipeline.limits.queue);
             let runtime = self.runtime(pipeline, &ledger, global.clone())?;
             let name = runtime.name.clone();
+            if let Some(inbox) = trigger.clone().inbox() {
+                routes.insert(name.to_string(), crate::http::Route { inbox, runtime: runtime.clone() });
+            }
             let trigger_stop = shutdown.child_token();
             tasks.spawn({
                 let name = name.clone();
@@ -127,7 +145,13 @@ impl Engine {
             });
             running.push(RunningPipeline { name, queue: queue_stats, executor: runtime.stats.clone(), runtime });
         }
-        Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger })
+        let mut http_addr = None;
+        if !routes.is_empty() {
+            let (addr, server) = crate::http::serve(self.listen, routes, shutdown.clone()).await?;
+            http_addr = Some(addr);
+            tasks.spawn(server);
+        }
+        Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger, http_addr })
     }
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
@@ -151,6 +175,8 @@ pub struct RunningEngine {
     tasks: JoinSet<anyhow::Result<()>>,
     pub pipelines: Vec<RunningPipeline>,
     pub ledger: Ledger,
+    /// Where notifications are served, if any pipeline takes them.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl RunningEngine {

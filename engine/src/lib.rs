@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 mod engine;
 pub mod executor;
+pub mod http;
 pub mod state;
 pub mod trigger;
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Stores;
+use crate::{Stores, TriggerEvent};
 
 /// Per-invocation context. Cheap to clone.
 #[derive(Clone)]
@@ -25,6 +25,9 @@ pub struct Context {
     /// The invocation's span (pipeline, step, key): events a function logs inside it
     /// carry those fields. The executor already runs `invoke` inside it.
     pub span: tracing::Span,
+    /// The trigger's event in AWS Lambda's shape (an S3 event for bucket triggers),
+    /// for functions that want more than the item's metadata. None for `weir invoke`.
+    pub event: Option<Arc<TriggerEvent>>,
 }
 
 /// Input limits from the pipeline's `[limits]` table.
@@ -55,6 +58,7 @@ impl Context {
             attempt: 1,
             limits: Limits::default(),
             span: tracing::Span::none(),
+            event: None,
         }
     }
 

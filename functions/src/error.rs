@@ -58,20 +58,26 @@ impl FunctionError {
         out
     }
 
-    /// Classifies an object-store failure: missing objects and refused access will not
-    /// fix themselves; everything else (I/O, 5xx after object_store's own retries) may.
+    /// Classifies an object-store failure. Missing objects, refused access, bad keys and
+    /// other 4xx answers will not fix themselves; 5xx, throttling (429), timeouts and
+    /// connection resets may (object_store already retried them briefly, see
+    /// [`crate::store::store_retry_config`]). `context` should name bucket and key.
     pub fn from_store(context: impl fmt::Display, err: object_store::Error) -> Self {
         use object_store::Error as E;
-        let permanent = matches!(
-            err,
+        let permanent = match &err {
             E::NotFound { .. }
-                | E::InvalidPath { .. }
-                | E::PermissionDenied { .. }
-                | E::Unauthenticated { .. }
-                | E::NotSupported { .. }
-                | E::NotImplemented { .. }
-                | E::UnknownConfigurationKey { .. }
-        );
+            | E::InvalidPath { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::UnknownConfigurationKey { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. } => true,
+            other => {
+                http_status(other).is_some_and(|status| (400..500).contains(&status) && status != 408 && status != 429)
+            }
+        };
         let message = format!("{context}: {err}");
         let error = if permanent { Self::permanent(message) } else { Self::retryable(message) };
         error.with_source(err)
@@ -125,5 +131,53 @@ impl BuildError {
 impl From<toml::de::Error> for BuildError {
     fn from(err: toml::de::Error) -> Self {
         Self { message: err.message().trim().to_string(), span: err.span(), param: None }
+    }
+}
+
+/// The HTTP status a cloud store answered with, if the error carries one.
+///
+/// object_store keeps its HTTP error type private; its message is stable
+/// ("… non-2xx status code: 403 Forbidden …" / "… error response: …"), so the status is
+/// read from the error chain's text.
+fn http_status(err: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if let Some(rest) = text.split("status code: ").nth(1) {
+            if let Ok(status) = rest.get(..3).unwrap_or("").parse::<u16>() {
+                return Some(status);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: text.to_string().into() }
+    }
+
+    #[test]
+    fn store_errors_are_classified_by_status() {
+        let cases = [
+            ("Server returned non-2xx status code: 503 Service Unavailable: slow down", true),
+            ("Server returned non-2xx status code: 500 Internal Server Error", true),
+            ("Server returned non-2xx status code: 429 Too Many Requests", true),
+            ("Server returned non-2xx status code: 408 Request Timeout", true),
+            ("error sending request: connection reset by peer", true),
+            ("Server returned non-2xx status code: 400 Bad Request: InvalidArgument", false),
+            ("Server returned non-2xx status code: 403 Forbidden: AccessDenied", false),
+        ];
+        for (text, retryable) in cases {
+            let err = FunctionError::from_store("reading inbox/a.jpg from s3://photos", generic(text));
+            assert_eq!(err.is_retryable(), retryable, "{text}");
+            assert!(err.message().starts_with("reading inbox/a.jpg from s3://photos: "), "{}", err.message());
+        }
+        let missing = object_store::Error::NotFound { path: "inbox/a.jpg".into(), source: "404".into() };
+        assert!(!FunctionError::from_store("reading inbox/a.jpg from s3://photos", missing).is_retryable());
     }
 }

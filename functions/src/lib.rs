@@ -25,9 +25,11 @@ pub mod object;
 pub mod registry;
 pub mod store;
 pub mod template;
+pub mod trigger_event;
 
 pub use context::{Context, Limits};
 pub use error::{BuildError, ErrorKind, FunctionError};
 pub use item::{Item, Metadata, Payload};
 pub use registry::{Function, FunctionSpec, Param, Params, Registry};
 pub use store::{Bucket, Stores};
+pub use trigger_event::TriggerEvent;

@@ -32,6 +32,10 @@ impl Bucket {
             .map_err(|why| FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url)))?;
         let relative = Path::parse(key)
             .map_err(|e| FunctionError::permanent(format!("invalid key {key:?} in {}: {e}", self.url)))?;
+        if let Some(root) = &self.local_root {
+            stays_inside(root, key)
+                .map_err(|why| FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url)))?;
+        }
         Ok(self.prefix.parts().chain(relative.parts()).collect())
     }
 
@@ -39,6 +43,24 @@ impl Bucket {
     pub fn key_of(&self, path: &Path) -> Option<String> {
         let rest: Vec<_> = path.prefix_match(&self.prefix)?.collect();
         Some(rest.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/"))
+    }
+}
+
+/// For a directory bucket: the deepest existing ancestor of `root/key` must resolve
+/// (symlinks followed) to a place inside `root`, so a symlink planted in the bucket
+/// cannot lead reads or writes elsewhere on the disk.
+fn stays_inside(root: &std::path::Path, key: &str) -> Result<(), &'static str> {
+    let mut candidate = root.join(key);
+    loop {
+        match candidate.canonicalize() {
+            Ok(real) if real.starts_with(root) => return Ok(()),
+            Ok(_) => return Err("it leads outside the bucket through a symlink"),
+            Err(_) => {
+                if !candidate.pop() || !candidate.starts_with(root) {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
@@ -137,9 +159,81 @@ impl Stores {
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let options = self.options.lock().expect("stores lock").get(url).cloned().unwrap_or_default();
-        let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
-        Ok(Bucket { url: url.to_string(), store: Arc::from(store), prefix, local_root: None })
+        let (store, prefix) = open_cloud(&parsed, &options).map_err(bad)?;
+        Ok(Bucket { url: url.to_string(), store, prefix, local_root: None })
     }
+}
+
+/// How cloud stores retry on their own, below weir's retries.
+///
+/// object_store's default is 10 retries over up to 3 minutes inside every call, which
+/// would hide an outage behind weir's own retry policy (and multiply it). Two quick
+/// retries smooth over a dropped connection or a single 503; anything longer is the
+/// pipeline's `[retry]` policy's business, with its backoff and its dead letter.
+pub fn store_retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(50),
+            max_backoff: std::time::Duration::from_secs(1),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
+}
+
+/// Checks option keys for a URL's scheme without opening anything, so `weir validate`
+/// can point at a misspelt key. Returns the unknown keys.
+pub fn unknown_option_keys(url: &str, options: &StoreOptions) -> Vec<String> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    options
+        .iter()
+        .filter(|(key, _)| {
+            let key = key.to_ascii_lowercase();
+            match scheme {
+                "s3" | "s3a" => key.parse::<object_store::aws::AmazonS3ConfigKey>().is_err(),
+                "gs" => key.parse::<object_store::gcp::GoogleConfigKey>().is_err(),
+                "az" | "azure" | "abfs" | "abfss" | "adl" => {
+                    key.parse::<object_store::azure::AzureConfigKey>().is_err()
+                }
+                _ => true,
+            }
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+/// Opens an `s3://`, `gs://` or `az://` URL: credentials and endpoint from object_store's
+/// standard environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, …), then the
+/// pipeline's options on top, with weir's retry settings.
+fn open_cloud(url: &url::Url, options: &StoreOptions) -> Result<(Arc<dyn ObjectStore>, Path), String> {
+    let prefix = Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    let unknown = |key: &str| format!("unknown option {key:?} for {}:// stores", url.scheme());
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" | "s3a" => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in options {
+                builder = builder.with_config(key.to_ascii_lowercase().parse().map_err(|_| unknown(key))?, value);
+            }
+            Arc::new(builder.with_retry(store_retry_config()).build().map_err(|e| e.to_string())?)
+        }
+        "gs" => {
+            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (key, value) in options {
+                builder = builder.with_config(key.to_ascii_lowercase().parse().map_err(|_| unknown(key))?, value);
+            }
+            Arc::new(builder.with_retry(store_retry_config()).build().map_err(|e| e.to_string())?)
+        }
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (key, value) in options {
+                builder = builder.with_config(key.to_ascii_lowercase().parse().map_err(|_| unknown(key))?, value);
+            }
+            Arc::new(builder.with_retry(store_retry_config()).build().map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("unsupported scheme {other:?} (use file://, memory://, s3://, gs:// or az://)")),
+    };
+    Ok((store, prefix))
 }
 
 #[cfg(test)]
@@ -164,6 +258,25 @@ mod tests {
         assert!(bucket.path("../escape").is_err());
         let path = bucket.path("processed/thumb/cat.jpg").unwrap();
         assert_eq!(bucket.key_of(&path).as_deref(), Some("processed/thumb/cat.jpg"));
+    }
+
+    #[test]
+    fn symlinks_out_of_a_file_bucket_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.txt"), dir.path().join("link.jpg")).unwrap();
+        std::fs::create_dir(dir.path().join("inbox")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("inbox"), dir.path().join("alias")).unwrap();
+        let bucket = Stores::new().resolve(&format!("file://{}", dir.path().display())).unwrap();
+        for key in ["escape/secret.txt", "escape/new/output.jpg", "link.jpg"] {
+            let err = bucket.path(key).unwrap_err();
+            assert!(err.message().contains("outside the bucket"), "{key}: {}", err.message());
+        }
+        // Links that stay inside, and keys that do not exist yet, are fine.
+        assert!(bucket.path("alias/a.jpg").is_ok());
+        assert!(bucket.path("new/dir/a.jpg").is_ok());
     }
 
     #[test]

@@ -21,10 +21,14 @@ pub struct Args {
     /// Invocations running at once across all pipelines (default: 4 × cores).
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Address for bucket notifications (`POST /v1/notifications/{pipeline}`), served
+    /// only when a pipeline has `detect = "notifications"` or `"hybrid"`.
+    #[arg(long, default_value = crate::engine::DEFAULT_LISTEN, env = "WEIR_LISTEN")]
+    listen: std::net::SocketAddr,
 }
 
 pub async fn run(args: Args, registry: Registry) -> anyhow::Result<ExitCode> {
-    let mut engine = Engine::new(registry).state_dir(args.state.state_dir).grace(args.grace);
+    let mut engine = Engine::new(registry).state_dir(args.state.state_dir).grace(args.grace).listen(args.listen);
     if let Some(n) = args.max_concurrency {
         engine.global_concurrency = n.max(1);
     }

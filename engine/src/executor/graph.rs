@@ -3,12 +3,10 @@
 //! fan-in (a `collect` step runs once, with every item its upstream produced, when
 //! nothing upstream can produce more).
 
-use std::time::Instant;
-
 use futures::stream::{FuturesUnordered, StreamExt};
 use weir_functions::{Item, Payload};
 
-use super::{invoke, PipelineRuntime, StepFailure};
+use super::{invoke, EventScope, PipelineRuntime, StepFailure};
 use crate::config::Step;
 
 /// The shape of a pipeline's steps, computed once.
@@ -52,7 +50,7 @@ impl Graph {
 
 /// Runs the graph for one event from its root item. The first failure stops the
 /// event: in-flight invocations are dropped (cancelled) and the failure returned.
-pub(super) async fn run(rt: &PipelineRuntime, root: Item, started: Instant) -> Result<usize, StepFailure> {
+pub(super) async fn run(rt: &PipelineRuntime, root: Item, scope: &EventScope) -> Result<usize, StepFailure> {
     let graph = &rt.graph;
     let n = graph.children.len();
     let mut pending = vec![0usize; n];
@@ -60,7 +58,7 @@ pub(super) async fn run(rt: &PipelineRuntime, root: Item, started: Instant) -> R
     let mut collected: Vec<Vec<Item>> = vec![Vec::new(); n];
     let mut running = FuturesUnordered::new();
     let mut invocations = 0;
-    let launch = |index: usize, item: Item| async move { (index, invoke::step(rt, index, item, started).await) };
+    let launch = |index: usize, item: Item| async move { (index, invoke::step(rt, index, item, scope).await) };
 
     for &r in &graph.roots {
         pending[r] += 1;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::Instrument;
 use weir_functions::{Context, FunctionError, Item, Limits};
 
-use super::{PipelineRuntime, StepFailure};
+use super::{EventScope, PipelineRuntime, StepFailure};
 
 /// Invokes step `index` on `item`, retrying retryable errors per the pipeline's
 /// `[retry]` policy. Permits are held only while the function runs, not while
@@ -16,11 +16,11 @@ pub(super) async fn step(
     rt: &PipelineRuntime,
     index: usize,
     item: Item,
-    event_started: Instant,
+    scope: &EventScope,
 ) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
     let limits = &rt.pipeline.limits;
-    with_retries(rt, &step.name, event_started, |attempt| {
+    with_retries(rt, &step.name, scope.started, |attempt| {
         let item = item.clone();
         async move {
             let described = item.describe();
@@ -34,6 +34,7 @@ pub(super) async fn step(
                 attempt,
                 limits: Limits { max_input_bytes: limits.max_input_bytes, max_pixels: limits.max_pixels },
                 span: span.clone(),
+                event: scope.trigger_event.clone(),
             };
             let started = Instant::now();
             let invocation = step.function.invoke(item, &ctx).instrument(span);

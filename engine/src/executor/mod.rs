@@ -21,7 +21,8 @@ use object_store::ObjectStoreExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores};
+use weir_functions::trigger_event::ObjectChange;
+use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores, TriggerEvent};
 
 use crate::config::Pipeline;
 use crate::state::Ledger;
@@ -39,6 +40,36 @@ pub struct ExecutorStats {
     pub events_dead_lettered: AtomicU64,
     /// Events not finished because the engine stopped, or their dead letter failed.
     pub events_abandoned: AtomicU64,
+}
+
+/// What every invocation of one event shares.
+pub(crate) struct EventScope {
+    pub started: Instant,
+    pub trigger_event: Option<Arc<TriggerEvent>>,
+}
+
+/// Reads an object as a stream, refusing it as soon as it grows past `limit` bytes
+/// (the listed size may be stale or wrong; memory must not follow a liar).
+pub async fn read_object(stores: &Stores, url: &str, key: &str, limit: u64) -> Result<bytes::Bytes, FunctionError> {
+    use futures::TryStreamExt;
+    let bucket = stores.resolve(url)?;
+    let location = bucket.path(key)?;
+    let context = || format!("reading {key} from {url}");
+    let result = bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
+    let too_big =
+        |size: u64| FunctionError::permanent(format!("{key} is {size} bytes, over max_input_bytes = {limit}"));
+    if result.meta.size > limit {
+        return Err(too_big(result.meta.size));
+    }
+    let mut buffer = bytes::BytesMut::with_capacity(result.meta.size as usize);
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| FunctionError::from_store(context(), e))? {
+        if (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(too_big((buffer.len() + chunk.len()) as u64));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
 }
 
 /// Why an event failed: the step, the error, how often it was tried.
@@ -172,15 +203,43 @@ impl PipelineRuntime {
 
     /// Runs an event's steps; returns how many invocations it took.
     pub async fn execute(&self, source: &EventSource) -> Result<usize, StepFailure> {
-        let started = Instant::now();
-        let root = self.load(source, started).await?;
-        graph::run(self, root, started).await
+        let scope = EventScope { started: Instant::now(), trigger_event: self.trigger_event(source).map(Arc::new) };
+        let root = self.load(source, &scope).await?;
+        graph::run(self, root, &scope).await
+    }
+
+    /// The event in AWS Lambda's shape, for functions that read it from their context.
+    fn trigger_event(&self, source: &EventSource) -> Option<TriggerEvent> {
+        let (url, key, size, version, time, name) = match source {
+            EventSource::Object { url, key, size, version, last_modified } => {
+                (url, key, Some(*size), Some(version.as_str()), *last_modified, "ObjectCreated:Put")
+            }
+            EventSource::ObjectRemoved { url, key } => (url, key, None, None, None, "ObjectRemoved:Delete"),
+            EventSource::Json { .. } => return None,
+        };
+        let bucket = self.stores.resolve(url).ok()?;
+        let full_key = bucket.path(key).ok()?.to_string();
+        let (scheme, rest) = url.split_once("://")?;
+        let bucket_name = rest.split('/').next().unwrap_or(rest);
+        Some(TriggerEvent::s3(ObjectChange {
+            scheme,
+            bucket: bucket_name,
+            key: &full_key,
+            event_name: name,
+            size,
+            etag: version,
+            time,
+            ..Default::default()
+        }))
     }
 
     /// The event's first item: the object's bytes, or the JSON document.
-    async fn load(&self, source: &EventSource, started: Instant) -> Result<Item, StepFailure> {
+    async fn load(&self, source: &EventSource, scope: &EventScope) -> Result<Item, StepFailure> {
         match source {
             EventSource::Json { value } => Ok(Item::new(Payload::Json(value.clone()), Metadata::default())),
+            EventSource::ObjectRemoved { url, key } => {
+                Ok(Item::new(Payload::Empty, Metadata::for_object(url.clone(), key.clone())))
+            }
             EventSource::Object { url, key, size, .. } => {
                 let limit = self.pipeline.limits.max_input_bytes;
                 if *size > limit {
@@ -192,24 +251,9 @@ impl PipelineRuntime {
                         attempts: 1,
                     });
                 }
-                let (url, key) = (url.clone(), key.clone());
-                invoke::with_retries(self, "load", started, |_| {
-                    let (url, key) = (url.clone(), key.clone());
-                    async move {
-                        let bucket = self.stores.resolve(&url)?;
-                        let location = bucket.path(&key)?;
-                        let context = || format!("reading {key} from {url}");
-                        let result =
-                            bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
-                        if result.meta.size > limit {
-                            return Err(FunctionError::permanent(format!(
-                                "{key} is {} bytes, over max_input_bytes = {limit}",
-                                result.meta.size
-                            )));
-                        }
-                        let bytes = result.bytes().await.map_err(|e| FunctionError::from_store(context(), e))?;
-                        Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url, key)))
-                    }
+                invoke::with_retries(self, "load", scope.started, |_| async move {
+                    let bytes = read_object(&self.stores, url, key, limit).await?;
+                    Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url.clone(), key.clone())))
                 })
                 .await
             }
@@ -228,6 +272,31 @@ impl PipelineRuntime {
             attempts: failure.attempts,
             received_at: event.received_at.into(),
             failed_at: chrono::Utc::now(),
+            redrives: 0,
+        };
+        dead_letter::write(&bucket, &record).await
+    }
+
+    /// Dead-letters input that never became an event (a malformed notification), so
+    /// what was sent is kept next to the pipeline's other failures.
+    pub async fn dead_letter_input(
+        &self,
+        source: EventSource,
+        step: &str,
+        error: &str,
+    ) -> Result<String, FunctionError> {
+        let bucket = self.stores.resolve(&self.dead_letter_url)?;
+        let now = chrono::Utc::now();
+        let record = DeadLetter {
+            id: uuid::Uuid::now_v7().to_string(),
+            pipeline: self.name.to_string(),
+            event: source,
+            step: step.to_string(),
+            error: error.to_string(),
+            error_kind: ErrorKind::Permanent,
+            attempts: 1,
+            received_at: now,
+            failed_at: now,
             redrives: 0,
         };
         dead_letter::write(&bucket, &record).await

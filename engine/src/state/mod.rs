@@ -24,6 +24,9 @@ pub enum LedgerError {
 /// How an object's processing ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectStatus {
+    /// Accepted (listed, notified) and not finished yet. Written before a notification is
+    /// answered, so a crash after the answer redelivers it on the next start.
+    Pending,
     Done,
     DeadLettered,
 }
@@ -31,6 +34,7 @@ pub enum ObjectStatus {
 impl ObjectStatus {
     fn as_str(self) -> &'static str {
         match self {
+            ObjectStatus::Pending => "pending",
             ObjectStatus::Done => "done",
             ObjectStatus::DeadLettered => "dead_letter",
         }
@@ -76,6 +80,14 @@ CREATE TABLE IF NOT EXISTS runs (
     duration_ms INTEGER,
     error       TEXT
 );
+CREATE INDEX IF NOT EXISTS objects_by_status ON objects (pipeline, status);
+CREATE TABLE IF NOT EXISTS cursors (
+    pipeline   TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    position   TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (pipeline, url)
+);
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
 ";
 
@@ -114,12 +126,85 @@ impl Ledger {
 
     /// Whether this version of the object was already processed (or dead-lettered).
     pub async fn object_seen(&self, pipeline: &str, url: &str, key: &str, version: &str) -> Result<bool, LedgerError> {
-        let (pipeline, url, key, version) = (pipeline.to_owned(), url.to_owned(), key.to_owned(), version.to_owned());
+        let unseen = self.unseen_objects(pipeline, url, vec![(key.to_owned(), version.to_owned())]).await?;
+        Ok(unseen.is_empty())
+    }
+
+    /// Of `candidates` (key, version), the indexes of those not yet processed in that
+    /// version. One blocking call for a whole listing page.
+    pub async fn unseen_objects(
+        &self,
+        pipeline: &str,
+        url: &str,
+        candidates: Vec<(String, String)>,
+    ) -> Result<Vec<usize>, LedgerError> {
+        let (pipeline, url) = (pipeline.to_owned(), url.to_owned());
         self.with(move |c| {
-            c.prepare_cached("SELECT 1 FROM objects WHERE pipeline = ?1 AND url = ?2 AND key = ?3 AND version = ?4")?
-                .query_row(params![pipeline, url, key, version], |_| Ok(()))
-                .optional()
-                .map(|found| found.is_some())
+            let mut stmt = c.prepare_cached(
+                "SELECT 1 FROM objects WHERE pipeline = ?1 AND url = ?2 AND key = ?3 AND version = ?4
+                 AND status IN ('done', 'dead_letter')",
+            )?;
+            let mut unseen = Vec::new();
+            for (i, (key, version)) in candidates.iter().enumerate() {
+                if stmt.query_row(params![pipeline, url, key, version], |_| Ok(())).optional()?.is_none() {
+                    unseen.push(i);
+                }
+            }
+            Ok(unseen)
+        })
+        .await
+    }
+
+    /// Objects accepted but never finished (the process stopped or crashed first), to be
+    /// delivered again at start-up: (url, key, version).
+    pub async fn pending_objects(&self, pipeline: &str) -> Result<Vec<(String, String, String)>, LedgerError> {
+        let pipeline = pipeline.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT url, key, version FROM objects WHERE pipeline = ?1 AND status = 'pending' ORDER BY key",
+            )?;
+            let rows = stmt.query_map(params![pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Forgets an object (a pending one that no longer exists).
+    pub async fn forget_object(&self, pipeline: &str, url: &str, key: &str) -> Result<(), LedgerError> {
+        let (pipeline, url, key) = (pipeline.to_owned(), url.to_owned(), key.to_owned());
+        self.with(move |c| {
+            c.execute("DELETE FROM objects WHERE pipeline = ?1 AND url = ?2 AND key = ?3", params![pipeline, url, key])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Where a trigger's paged listing of `url` stopped (start-after key), if anywhere.
+    pub async fn cursor(&self, pipeline: &str, url: &str) -> Result<Option<String>, LedgerError> {
+        let (pipeline, url) = (pipeline.to_owned(), url.to_owned());
+        self.with(move |c| {
+            c.query_row("SELECT position FROM cursors WHERE pipeline = ?1 AND url = ?2", params![pipeline, url], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    /// Saves (or, with `None`, clears) a trigger's listing cursor.
+    pub async fn set_cursor(&self, pipeline: &str, url: &str, position: Option<String>) -> Result<(), LedgerError> {
+        let (pipeline, url) = (pipeline.to_owned(), url.to_owned());
+        self.with(move |c| {
+            match position {
+                Some(position) => c.execute(
+                    "INSERT INTO cursors (pipeline, url, position) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (pipeline, url) DO UPDATE SET position = excluded.position,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    params![pipeline, url, position],
+                ),
+                None => c.execute("DELETE FROM cursors WHERE pipeline = ?1 AND url = ?2", params![pipeline, url]),
+            }
+            .map(|_| ())
         })
         .await
     }
@@ -231,6 +316,43 @@ mod tests {
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert!(ledger.object_seen("p", "u", "k", "v1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pending_objects_are_not_seen_and_are_listed_for_redelivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.record_object("p", "u", "a", "v1", ObjectStatus::Done).await.unwrap();
+        ledger.record_object("p", "u", "a", "v2", ObjectStatus::Pending).await.unwrap();
+        ledger.record_object("p", "u", "b", "v1", ObjectStatus::Pending).await.unwrap();
+        assert!(!ledger.object_seen("p", "u", "a", "v2").await.unwrap());
+        let unseen = ledger
+            .unseen_objects(
+                "p",
+                "u",
+                vec![("a".into(), "v2".into()), ("c".into(), "v1".into()), ("b".into(), "v1".into())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(unseen, vec![0, 1, 2]);
+        let pending = ledger.pending_objects("p").await.unwrap();
+        assert_eq!(pending.iter().map(|(_, k, v)| format!("{k}@{v}")).collect::<Vec<_>>(), ["a@v2", "b@v1"]);
+        ledger.record_object("p", "u", "a", "v2", ObjectStatus::Done).await.unwrap();
+        ledger.forget_object("p", "u", "b").await.unwrap();
+        assert!(ledger.pending_objects("p").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cursors_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.cursor("p", "s3://b").await.unwrap(), None);
+        ledger.set_cursor("p", "s3://b", Some("inbox/0042.jpg".into())).await.unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.cursor("p", "s3://b").await.unwrap().as_deref(), Some("inbox/0042.jpg"));
+        ledger.set_cursor("p", "s3://b", None).await.unwrap();
+        assert_eq!(ledger.cursor("p", "s3://b").await.unwrap(), None);
     }
 
     #[tokio::test]

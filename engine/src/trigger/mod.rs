@@ -5,6 +5,7 @@
 //! through [`Acknowledge`] when an event is finished, so it can commit (record the key,
 //! commit the offset) only then.
 
+pub mod notification;
 pub mod object_store;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +47,8 @@ pub enum EventSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_modified: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// An object was deleted (only for pipelines that ask for removals).
+    ObjectRemoved { url: String, key: String },
     /// A JSON document (HTTP request body, redriven item…).
     Json { value: serde_json::Value },
 }
@@ -55,6 +58,7 @@ impl EventSource {
     pub fn describe(&self) -> String {
         match self {
             EventSource::Object { key, .. } => key.clone(),
+            EventSource::ObjectRemoved { key, .. } => format!("{key} (removed)"),
             EventSource::Json { .. } => "<json>".into(),
         }
     }
@@ -129,6 +133,43 @@ pub trait Trigger: Send + Sync {
     /// Produces events until `shutdown` is cancelled or the sink closes. Returning an
     /// error stops the pipeline (misconfiguration, unreachable store at start-up).
     async fn run(self: Arc<Self>, sink: EventSink, shutdown: CancellationToken) -> anyhow::Result<()>;
+
+    /// Where pushed events (bucket notifications) for this trigger are delivered, if it
+    /// takes any. Served by `weir run` at `POST /v1/notifications/{pipeline}`.
+    fn inbox(self: Arc<Self>) -> Option<Arc<dyn Inbox>> {
+        None
+    }
+}
+
+/// A trigger's door for events pushed to it over HTTP.
+#[async_trait::async_trait]
+pub trait Inbox: Send + Sync {
+    /// Takes one request body. Returns once its events are durably accepted (recorded
+    /// and queued), so the sender may forget them.
+    async fn deliver(&self, body: &[u8]) -> Result<Delivery, InboxError>;
+}
+
+/// What became of a delivered body.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// Events queued for processing.
+    pub queued: usize,
+    /// Entries not for this pipeline: other buckets, filtered keys, removals not asked
+    /// for, objects already processed in this version or gone.
+    pub ignored: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// The body is not something this trigger understands: the sender should not retry.
+    #[error("{0}")]
+    Malformed(String),
+    /// Not accepting now (starting, shutting down): retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Accepting failed (ledger, store): retry later.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The `[trigger]` table, by `kind`.

@@ -2,6 +2,8 @@
 //! what the executor does, pipeline files in temp directories, and polling waits.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,10 @@ pub struct Probe {
     pub calls: AtomicUsize,
     /// (step-local label, time) of every call, in call order.
     pub log: Mutex<Vec<(String, Instant)>>,
+    /// Calls per source object key.
+    pub keys: Mutex<std::collections::BTreeMap<String, usize>>,
+    /// The trigger events (Lambda shape) the calls were given, in call order.
+    pub events: Mutex<Vec<weir_functions::TriggerEvent>>,
 }
 
 impl Probe {
@@ -26,6 +32,10 @@ impl Probe {
     }
     pub fn max_running(&self) -> usize {
         self.max_running.load(Ordering::SeqCst)
+    }
+    /// How often each key was seen.
+    pub fn key_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.keys.lock().unwrap().clone()
     }
     pub fn times(&self, label: &str) -> Vec<Instant> {
         self.log.lock().unwrap().iter().filter(|(l, _)| l == label).map(|(_, t)| *t).collect()
@@ -61,8 +71,14 @@ struct TestFunction {
 
 #[async_trait::async_trait]
 impl Function for TestFunction {
-    async fn invoke(&self, item: Item, _ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+    async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let p = &self.probe;
+        if let Some(key) = &item.meta.key {
+            *p.keys.lock().unwrap().entry(key.clone()).or_default() += 1;
+        }
+        if let Some(event) = &ctx.event {
+            p.events.lock().unwrap().push((**event).clone());
+        }
         let now = p.running.fetch_add(1, Ordering::SeqCst) + 1;
         p.max_running.fetch_max(now, Ordering::SeqCst);
         p.calls.fetch_add(1, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! `object.copy`: copy the event's source object to a key template, in any bucket.
 
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::Deserialize;
 
 use super::{object_ref, source_object, target_bucket};
@@ -56,21 +56,7 @@ impl Function for Copy {
             target.store.copy(&from, &to).await.map_err(|e| FunctionError::from_store(context(), e))?;
             target.store.head(&to).await.map(|m| m.size as usize).unwrap_or(0)
         } else {
-            let bytes = source
-                .store
-                .get(&from)
-                .await
-                .map_err(|e| FunctionError::from_store(context(), e))?
-                .bytes()
-                .await
-                .map_err(|e| FunctionError::from_store(context(), e))?;
-            let size = bytes.len();
-            target
-                .store
-                .put(&to, PutPayload::from_bytes(bytes))
-                .await
-                .map_err(|e| FunctionError::from_store(context(), e))?;
-            size
+            super::stream_copy(&source, &from, &target, &to, context).await?
         };
         Ok(vec![Item::new(Payload::Json(object_ref(&target, &key, size)), item.meta)])
     }

@@ -30,3 +30,63 @@ pub(crate) fn source_object(item: &Item, ctx: &Context) -> Result<(Bucket, Strin
 pub(crate) fn object_ref(bucket: &Bucket, key: &str, size: usize) -> serde_json::Value {
     serde_json::json!({ "url": bucket.url, "key": key, "size": size })
 }
+
+/// Outputs larger than this are written as a multipart upload, in parts of this size:
+/// no single request carries a huge body, and a failed part is retried alone.
+pub const MULTIPART_THRESHOLD: usize = 8 << 20;
+
+/// Writes `bytes` at `path`: one PUT for small objects, a multipart upload for large ones.
+pub async fn write_object(
+    bucket: &Bucket,
+    path: &object_store::path::Path,
+    bytes: bytes::Bytes,
+    context: impl Fn() -> String,
+) -> Result<(), FunctionError> {
+    use object_store::ObjectStoreExt;
+    if bytes.len() <= MULTIPART_THRESHOLD {
+        bucket.store.put(path, bytes.into()).await.map_err(|e| FunctionError::from_store(context(), e))?;
+        return Ok(());
+    }
+    let upload = bucket.store.put_multipart(path).await.map_err(|e| FunctionError::from_store(context(), e))?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD);
+    writer.put(bytes);
+    writer.finish().await.map_err(|e| FunctionError::from_store(context(), e))?;
+    Ok(())
+}
+
+/// Copies an object between buckets as a stream: at most a few parts in memory
+/// whatever its size.
+pub async fn stream_copy(
+    from: &Bucket,
+    from_path: &object_store::path::Path,
+    to: &Bucket,
+    to_path: &object_store::path::Path,
+    context: impl Fn() -> String,
+) -> Result<usize, FunctionError> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let source = from.store.get(from_path).await.map_err(|e| FunctionError::from_store(context(), e))?;
+    let size = source.meta.size as usize;
+    if size <= MULTIPART_THRESHOLD {
+        let bytes = source.bytes().await.map_err(|e| FunctionError::from_store(context(), e))?;
+        write_object(to, to_path, bytes, &context).await?;
+        return Ok(size);
+    }
+    let upload = to.store.put_multipart(to_path).await.map_err(|e| FunctionError::from_store(context(), e))?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_THRESHOLD);
+    let mut stream = source.into_stream();
+    let copied: Result<(), object_store::Error> = async {
+        while let Some(chunk) = stream.try_next().await? {
+            writer.wait_for_capacity(2).await?;
+            writer.write(&chunk);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = writer.abort().await;
+        return Err(FunctionError::from_store(context(), e));
+    }
+    writer.finish().await.map_err(|e| FunctionError::from_store(context(), e))?;
+    Ok(size)
+}

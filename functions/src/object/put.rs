@@ -1,6 +1,5 @@
 //! `object.put`: write an item's bytes to a bucket under a key template.
 
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 
 use super::{object_ref, target_bucket};
@@ -64,11 +63,7 @@ impl Function for Put {
         let key = self.key.render(&item, ctx)?;
         let path = bucket.path(&key)?;
         let size = bytes.len();
-        bucket
-            .store
-            .put(&path, PutPayload::from_bytes(bytes))
-            .await
-            .map_err(|e| FunctionError::from_store(format!("writing {key} to {}", bucket.url), e))?;
+        super::write_object(&bucket, &path, bytes, || format!("writing {key} to {}", bucket.url)).await?;
         let mut meta = item.meta;
         meta.attributes.insert("output_key".into(), key.clone());
         Ok(vec![Item::new(Payload::Json(object_ref(&bucket, &key, size)), meta)])

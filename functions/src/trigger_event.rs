@@ -1,0 +1,90 @@
+//! The event that started a run, in AWS Lambda's shapes (`aws_lambda_events`), so a
+//! function written against Lambda's S3 event reads the same fields here.
+
+use aws_lambda_events::s3::{S3Bucket, S3Entity, S3Event, S3EventRecord, S3Object};
+use chrono::{DateTime, Utc};
+
+/// What triggered the run, as Lambda would have delivered it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TriggerEvent {
+    /// An object was created (or removed) in a bucket. One record, key URL-encoded as
+    /// in S3's own notifications, `url_decoded_key` filled in.
+    S3(S3Event),
+}
+
+/// The facts about an object change that make up an S3 event record.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectChange<'a> {
+    /// `s3`, `gcs`, `azure`, `file`, `memory`: becomes `eventSource` (`aws:s3`, `weir:file`).
+    pub scheme: &'a str,
+    pub bucket: &'a str,
+    /// The full key in the bucket, decoded.
+    pub key: &'a str,
+    /// `ObjectCreated:Put` and the like.
+    pub event_name: &'a str,
+    pub size: Option<u64>,
+    pub etag: Option<&'a str>,
+    pub version_id: Option<&'a str>,
+    pub sequencer: Option<&'a str>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl TriggerEvent {
+    pub fn s3(change: ObjectChange<'_>) -> Self {
+        let mut object = S3Object::default();
+        object.key = Some(encode_key(change.key));
+        object.url_decoded_key = Some(change.key.to_string());
+        object.size = change.size.and_then(|s| i64::try_from(s).ok());
+        object.e_tag = change.etag.map(str::to_string);
+        object.version_id = change.version_id.map(str::to_string);
+        object.sequencer = change.sequencer.map(str::to_string);
+        let mut bucket = S3Bucket::default();
+        bucket.name = Some(change.bucket.to_string());
+        bucket.arn = (change.scheme == "s3").then(|| format!("arn:aws:s3:::{}", change.bucket));
+        let mut entity = S3Entity::default();
+        entity.schema_version = Some("1.0".into());
+        entity.bucket = bucket;
+        entity.object = object;
+        let mut record = S3EventRecord::default();
+        record.event_version = Some("2.1".into());
+        record.event_source =
+            Some(if change.scheme == "s3" { "aws:s3".into() } else { format!("weir:{}", change.scheme) });
+        record.event_time = change.time.unwrap_or_else(Utc::now);
+        record.event_name = Some(change.event_name.to_string());
+        record.s3 = entity;
+        let mut event = S3Event::default();
+        event.records = vec![record];
+        TriggerEvent::S3(event)
+    }
+}
+
+/// Encodes a key as S3 does in notifications: form encoding (`+` for space), `/` kept.
+pub fn encode_key(key: &str) -> String {
+    url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace("%2F", "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_shape_serializes_like_lambda() {
+        let event = TriggerEvent::s3(ObjectChange {
+            scheme: "s3",
+            bucket: "photos",
+            key: "inbox/red flower+1.jpg",
+            event_name: "ObjectCreated:Put",
+            size: Some(42),
+            etag: Some("abc"),
+            ..Default::default()
+        });
+        let TriggerEvent::S3(s3) = event;
+        let json = serde_json::to_value(&s3).unwrap();
+        let object = &json["Records"][0]["s3"]["object"];
+        assert_eq!(object["key"], "inbox/red+flower%2B1.jpg");
+        assert_eq!(object["urlDecodedKey"], "inbox/red flower+1.jpg");
+        assert_eq!(object["size"], 42);
+        assert_eq!(json["Records"][0]["eventSource"], "aws:s3");
+        assert_eq!(json["Records"][0]["s3"]["bucket"]["arn"], "arn:aws:s3:::photos");
+    }
+}
