@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_functions::{Registry, Stores};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Diagnostics, Pipeline};
 use crate::executor::{ExecutorStats, PipelineRuntime};
 use crate::state::Ledger;
@@ -32,6 +33,8 @@ pub struct Engine {
     /// Where pushed notifications are served, when a pipeline takes them. Loopback by
     /// default: exposing it is a deliberate choice (`--listen 0.0.0.0:9750`).
     pub listen: SocketAddr,
+    /// Wall-clock time for schedules.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The default notification endpoint.
@@ -47,7 +50,14 @@ impl Engine {
             global_concurrency: (cores * 4).max(8),
             stores: Stores::new(),
             listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Replaces the wall clock schedules follow (tests use a [`crate::clock::ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn listen(mut self, addr: SocketAddr) -> Self {
@@ -115,6 +125,7 @@ impl Engine {
                 pipeline: Arc::from(pipeline.name.as_str()),
                 ledger: ledger.clone(),
                 stores: self.stores.clone(),
+                clock: self.clock.clone(),
             });
             let (sink, queue, queue_stats) = EventSink::new(pipeline.limits.queue);
             let runtime = self.runtime(pipeline, &ledger, global.clone())?;

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! * [`config`] parses and validates pipeline files (`weir validate`).
-//! * [`trigger`] turns buckets (and later Kafka, cron, HTTP) into [`trigger::Event`]s.
+//! * [`trigger`] turns buckets and schedules (and later Kafka) into [`trigger::Event`]s;
+//!   [`clock`] is the wall clock schedules follow, injectable for tests.
 //! * [`executor`] runs events through the steps within concurrency limits, retries,
 //!   dead-letters, and acknowledges only finished events.
 //! * [`state`] is the SQLite ledger: processed objects and runs.
@@ -18,6 +19,7 @@
 //! it to [`Engine::new`] (see `examples/custom_function.rs`).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 mod engine;
 pub mod executor;

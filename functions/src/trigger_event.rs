@@ -1,6 +1,7 @@
 //! The event that started a run, in AWS Lambda's shapes (`aws_lambda_events`), so a
 //! function written against Lambda's S3 event reads the same fields here.
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::s3::{S3Bucket, S3Entity, S3Event, S3EventRecord, S3Object};
 use chrono::{DateTime, Utc};
 
@@ -10,6 +11,9 @@ pub enum TriggerEvent {
     /// An object was created (or removed) in a bucket. One record, key URL-encoded as
     /// in S3's own notifications, `url_decoded_key` filled in.
     S3(S3Event),
+    /// A schedule's tick, as EventBridge Scheduler delivers it: `time` is the tick's
+    /// logical time, not when it ran.
+    Scheduled(EventBridgeEvent),
 }
 
 /// The facts about an object change that make up an S3 event record.
@@ -58,6 +62,21 @@ impl TriggerEvent {
     }
 }
 
+impl TriggerEvent {
+    /// A scheduled event for `pipeline`'s tick at `time`.
+    pub fn scheduled(id: &str, pipeline: &str, time: DateTime<Utc>) -> Self {
+        let mut event = EventBridgeEvent::default();
+        event.version = Some("0".into());
+        event.id = Some(id.to_string());
+        event.detail_type = "Scheduled Event".into();
+        event.source = "aws.events".into();
+        event.time = Some(time);
+        event.resources = Some(vec![format!("weir:schedule/{pipeline}")]);
+        event.detail = serde_json::json!({});
+        TriggerEvent::Scheduled(event)
+    }
+}
+
 /// Encodes a key as S3 does in notifications: form encoding (`+` for space), `/` kept.
 pub fn encode_key(key: &str) -> String {
     url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace("%2F", "/")
@@ -78,7 +97,7 @@ mod tests {
             etag: Some("abc"),
             ..Default::default()
         });
-        let TriggerEvent::S3(s3) = event;
+        let TriggerEvent::S3(s3) = event else { panic!("an S3 event") };
         let json = serde_json::to_value(&s3).unwrap();
         let object = &json["Records"][0]["s3"]["object"];
         assert_eq!(object["key"], "inbox/red+flower%2B1.jpg");
@@ -86,5 +105,18 @@ mod tests {
         assert_eq!(object["size"], 42);
         assert_eq!(json["Records"][0]["eventSource"], "aws:s3");
         assert_eq!(json["Records"][0]["s3"]["bucket"]["arn"], "arn:aws:s3:::photos");
+    }
+
+    #[test]
+    fn scheduled_shape_serializes_like_eventbridge() {
+        let time = DateTime::parse_from_rfc3339("2026-11-25T02:30:00Z").unwrap().with_timezone(&Utc);
+        let TriggerEvent::Scheduled(event) = TriggerEvent::scheduled("id-1", "nightly", time) else {
+            panic!("a scheduled event")
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["detail-type"], "Scheduled Event");
+        assert_eq!(json["source"], "aws.events");
+        assert_eq!(json["time"], "2026-11-25T02:30:00Z");
+        assert_eq!(json["resources"][0], "weir:schedule/nightly");
     }
 }

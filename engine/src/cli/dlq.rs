@@ -70,7 +70,7 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
                 );
             }
             Some(Some(id)) if *id != record.id => continue,
-            Some(_) => match runtime.execute(&record.event).await {
+            Some(_) => match runtime.execute(&record.id, &record.event).await {
                 Ok(_) => {
                     dead_letter::remove(&bucket, &key).await?;
                     if let EventSource::Object { url, key, version, .. } = &record.event {

@@ -167,7 +167,7 @@ impl PipelineRuntime {
         if let Err(e) = self.ledger.run_started(&event.id, &self.name, &source).await {
             tracing::warn!(pipeline = %self.name, error = %e, "cannot record run start");
         }
-        let (outcome, status, attempts, error) = match self.execute(&event.source).await {
+        let (outcome, status, attempts, error) = match self.execute(&event.id, &event.source).await {
             Ok(invocations) => {
                 tracing::info!(pipeline = %self.name, key = %source, invocations, duration_ms = started.elapsed().as_millis() as u64, "event done");
                 (Outcome::Done, "done", 1, None)
@@ -202,19 +202,20 @@ impl PipelineRuntime {
     }
 
     /// Runs an event's steps; returns how many invocations it took.
-    pub async fn execute(&self, source: &EventSource) -> Result<usize, StepFailure> {
-        let scope = EventScope { started: Instant::now(), trigger_event: self.trigger_event(source).map(Arc::new) };
+    pub async fn execute(&self, id: &str, source: &EventSource) -> Result<usize, StepFailure> {
+        let scope = EventScope { started: Instant::now(), trigger_event: self.trigger_event(id, source).map(Arc::new) };
         let root = self.load(source, &scope).await?;
         graph::run(self, root, &scope).await
     }
 
     /// The event in AWS Lambda's shape, for functions that read it from their context.
-    fn trigger_event(&self, source: &EventSource) -> Option<TriggerEvent> {
+    fn trigger_event(&self, id: &str, source: &EventSource) -> Option<TriggerEvent> {
         let (url, key, size, version, time, name) = match source {
             EventSource::Object { url, key, size, version, last_modified } => {
                 (url, key, Some(*size), Some(version.as_str()), *last_modified, "ObjectCreated:Put")
             }
             EventSource::ObjectRemoved { url, key } => (url, key, None, None, None, "ObjectRemoved:Delete"),
+            EventSource::Schedule { time, .. } => return Some(TriggerEvent::scheduled(id, &self.name, *time)),
             EventSource::Json { .. } => return None,
         };
         let bucket = self.stores.resolve(url).ok()?;
@@ -237,6 +238,17 @@ impl PipelineRuntime {
     async fn load(&self, source: &EventSource, scope: &EventScope) -> Result<Item, StepFailure> {
         match source {
             EventSource::Json { value } => Ok(Item::new(Payload::Json(value.clone()), Metadata::default())),
+            EventSource::Schedule { time, schedule } => {
+                let logical = crate::trigger::cron::tick_key(*time);
+                let mut meta = Metadata::default();
+                // For key templates: `reports/{attr.date}.json`, `{attr.scheduled_time}`.
+                meta.attributes.insert("scheduled_time".into(), logical.clone());
+                meta.attributes.insert("date".into(), time.format("%Y-%m-%d").to_string());
+                meta.attributes.insert("hour".into(), time.format("%Y-%m-%dT%H").to_string());
+                let body =
+                    serde_json::json!({ "scheduled_time": logical, "schedule": schedule, "pipeline": &*self.name });
+                Ok(Item::new(Payload::Json(body), meta))
+            }
             EventSource::ObjectRemoved { url, key } => {
                 Ok(Item::new(Payload::Empty, Metadata::for_object(url.clone(), key.clone())))
             }

@@ -29,6 +29,8 @@ pub enum ObjectStatus {
     Pending,
     Done,
     DeadLettered,
+    /// Deliberately not run (a schedule tick dropped by `overlap = "skip"`).
+    Skipped,
 }
 
 impl ObjectStatus {
@@ -37,6 +39,7 @@ impl ObjectStatus {
             ObjectStatus::Pending => "pending",
             ObjectStatus::Done => "done",
             ObjectStatus::DeadLettered => "dead_letter",
+            ObjectStatus::Skipped => "skipped",
         }
     }
 }
@@ -165,6 +168,17 @@ impl Ledger {
             )?;
             let rows = stmt.query_map(params![pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect()
+        })
+        .await
+    }
+
+    /// The greatest key recorded under `url`, whatever its status (a schedule's newest tick).
+    pub async fn last_key(&self, pipeline: &str, url: &str) -> Result<Option<String>, LedgerError> {
+        let (pipeline, url) = (pipeline.to_owned(), url.to_owned());
+        self.with(move |c| {
+            c.query_row("SELECT max(key) FROM objects WHERE pipeline = ?1 AND url = ?2", params![pipeline, url], |r| {
+                r.get(0)
+            })
         })
         .await
     }

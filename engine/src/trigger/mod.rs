@@ -5,6 +5,7 @@
 //! through [`Acknowledge`] when an event is finished, so it can commit (record the key,
 //! commit the offset) only then.
 
+pub mod cron;
 pub mod notification;
 pub mod object_store;
 
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use toml::de::DeValue;
 
+use crate::clock::Clock;
 use crate::config::{section, Reporter, Value};
 use crate::state::Ledger;
 use weir_functions::Stores;
@@ -49,6 +51,9 @@ pub enum EventSource {
     },
     /// An object was deleted (only for pipelines that ask for removals).
     ObjectRemoved { url: String, key: String },
+    /// A schedule's tick. `time` is the logical time: the tick it stands for, however
+    /// late it runs.
+    Schedule { time: chrono::DateTime<chrono::Utc>, schedule: String },
     /// A JSON document (HTTP request body, redriven item…).
     Json { value: serde_json::Value },
 }
@@ -59,6 +64,7 @@ impl EventSource {
         match self {
             EventSource::Object { key, .. } => key.clone(),
             EventSource::ObjectRemoved { key, .. } => format!("{key} (removed)"),
+            EventSource::Schedule { time, .. } => format!("tick {}", cron::tick_key(*time)),
             EventSource::Json { .. } => "<json>".into(),
         }
     }
@@ -125,6 +131,8 @@ pub struct TriggerContext {
     pub pipeline: Arc<str>,
     pub ledger: Ledger,
     pub stores: Stores,
+    /// Wall-clock time for schedules (a manual clock in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A source of events for one pipeline.
@@ -176,9 +184,10 @@ pub enum InboxError {
 #[derive(Debug, Clone)]
 pub enum TriggerConfig {
     ObjectStore(object_store::ObjectStoreConfig),
+    Cron(cron::CronConfig),
 }
 
-const KINDS: &str = "object_store";
+const KINDS: &str = "object_store, cron";
 
 impl TriggerConfig {
     pub(crate) fn parse(value: &Value<'_>, report: &mut Reporter<'_>) -> Option<Self> {
@@ -198,6 +207,10 @@ impl TriggerConfig {
                 let config: object_store::RawConfig = section(&rest, report)?;
                 config.validate(report).map(TriggerConfig::ObjectStore)
             }
+            Some("cron") => {
+                let config: cron::RawConfig = section(&rest, report)?;
+                config.validate(report).map(TriggerConfig::Cron)
+            }
             Some(other) => {
                 report.error(kind.span(), format!("unknown trigger kind {other:?} (supported: {KINDS})"));
                 None
@@ -214,12 +227,14 @@ impl TriggerConfig {
     pub fn would_fire_on(&self, url: Option<&str>, key: &str) -> bool {
         match self {
             TriggerConfig::ObjectStore(c) => url.is_none_or(|u| u == c.url) && c.filter.matches(key),
+            TriggerConfig::Cron(_) => false,
         }
     }
 
     pub fn build(&self, ctx: TriggerContext) -> Arc<dyn Trigger> {
         match self {
             TriggerConfig::ObjectStore(c) => Arc::new(object_store::ObjectStoreTrigger::new(c.clone(), ctx)),
+            TriggerConfig::Cron(c) => Arc::new(cron::CronTrigger::new(c.clone(), ctx)),
         }
     }
 
@@ -227,6 +242,7 @@ impl TriggerConfig {
     pub fn url(&self) -> Option<&str> {
         match self {
             TriggerConfig::ObjectStore(c) => Some(&c.url),
+            TriggerConfig::Cron(_) => None,
         }
     }
 }
