@@ -236,3 +236,40 @@ async fn a_late_tick_carries_its_logical_time_and_an_unfinished_one_runs_again()
     assert_eq!(ledger.last_key("late", LEDGER_URL).await.unwrap().as_deref(), Some("2026-06-01T01:00:00.000Z"));
     assert_eq!(ledger.object_count("late", ObjectStatus::Done).await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_expire_deletes_old_objects_and_writes_its_report() {
+    let sandbox = Sandbox::new();
+    let days_ago = |key: &str, days: u64| {
+        sandbox.drop_file(key, b"0123456789");
+        let when = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+        let file = std::fs::File::options().write(true).open(sandbox.bucket().join(key)).unwrap();
+        file.set_modified(when).unwrap();
+    };
+    days_ago("processed/old.jpg", 10);
+    days_ago("processed/deep/older.jpg", 400);
+    days_ago("processed/new.jpg", 1);
+    let url = sandbox.bucket_url();
+    let steps = format!(
+        "url = \"{url}\"\nprefix = \"processed/\"\nolder_than = \"7days\"\n\
+         [[step]]\nname = \"report\"\nafter = \"expire\"\nfunction = \"object.put\"\nurl = \"{url}\"\n\
+         key = \"reports/{{attr.hour}}.json\""
+    );
+    let text = format!(
+        "name = \"sweep\"\n[trigger]\nkind = \"cron\"\nevery = \"1h\"\n[[step]]\nname = \"expire\"\n\
+         function = \"object.expire\"\n{steps}\n"
+    );
+    let clock = ManualClock::new(Utc::now());
+    let (running, _probe) = start(&sandbox, &clock, &[("sweep", text)]).await;
+    clock.advance(Duration::from_secs(3600));
+    let stats = running.pipelines[0].executor.clone();
+    wait_for(WAIT, "the sweep", || stats.events_done.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    running.stop().await.unwrap();
+    assert!(!sandbox.bucket().join("processed/old.jpg").exists());
+    assert!(!sandbox.bucket().join("processed/deep/older.jpg").exists());
+    assert!(sandbox.bucket().join("processed/new.jpg").exists());
+    let reports = sandbox.files_under("reports");
+    assert_eq!(reports.len(), 1, "one report, named after the tick's hour");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
+    assert_eq!((report["matched"].as_u64(), report["deleted"].as_u64()), (Some(2), Some(2)), "{report}");
+}

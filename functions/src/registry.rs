@@ -120,6 +120,7 @@ impl Registry {
         registry.register(crate::object::put::spec());
         registry.register(crate::object::copy::spec());
         registry.register(crate::object::delete::spec());
+        registry.register(crate::object::expire::spec());
         registry.register(crate::object::manifest::spec());
         registry
     }

@@ -1,7 +1,8 @@
-//! Object-store functions: write, copy, delete and list objects by URL and key template.
+//! Object-store functions: write, copy, delete and expire objects by URL and key template.
 
 pub mod copy;
 pub mod delete;
+pub mod expire;
 pub mod manifest;
 pub mod put;
 
