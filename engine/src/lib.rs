@@ -12,7 +12,9 @@
 //!   [`clock`] is the wall clock schedules follow, injectable for tests.
 //! * [`executor`] runs events through the steps within concurrency limits, retries,
 //!   dead-letters, and acknowledges only finished events.
-//! * [`state`] is the SQLite ledger: processed objects and runs.
+//! * [`replay`] pushes history (a bucket's objects, a schedule's past ticks) through a
+//!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
+//! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints.
 //! * [`Engine`] wires them together; [`cli`] is the `weir` binary.
 //!
 //! To run your own functions, build a [`weir_functions::Registry`] with them and hand
@@ -24,6 +26,7 @@ pub mod config;
 mod engine;
 pub mod executor;
 pub mod http;
+pub mod replay;
 pub mod state;
 pub mod trigger;
 

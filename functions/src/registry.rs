@@ -17,6 +17,39 @@ pub trait Function: Send + Sync + 'static {
     /// Processes one item. Returning several items fans out: each flows to the next
     /// step as its own invocation. Returning none ends this branch.
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError>;
+
+    /// True for functions whose outputs are too many to hold at once (one item per
+    /// listed object): the executor then calls [`Function::invoke_streaming`] instead.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Streaming fan-out: sends each output into `out` as soon as it exists. `emit`
+    /// waits while the next steps are busy, so a listing of millions holds a handful of
+    /// items. A streaming invocation holds no concurrency permit (it would starve the
+    /// steps it feeds); a retry starts it over, so outputs may be emitted twice.
+    async fn invoke_streaming(&self, item: Item, ctx: &Context, out: &Emitter) -> Result<(), FunctionError> {
+        for output in self.invoke(item, ctx).await? {
+            out.emit(output).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a streaming function sends its outputs (a bounded channel to the executor).
+pub struct Emitter {
+    tx: tokio::sync::mpsc::Sender<Item>,
+}
+
+impl Emitter {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Item>) -> Self {
+        Self { tx }
+    }
+
+    /// Hands one output on, waiting while the steps after this one are busy.
+    pub async fn emit(&self, item: Item) -> Result<(), FunctionError> {
+        self.tx.send(item).await.map_err(|_| FunctionError::permanent("the event stopped taking outputs"))
+    }
 }
 
 /// A step's parameters as they appear in the pipeline file: deserialize them with serde
@@ -121,6 +154,7 @@ impl Registry {
         registry.register(crate::object::copy::spec());
         registry.register(crate::object::delete::spec());
         registry.register(crate::object::expire::spec());
+        registry.register(crate::object::sweep::spec());
         registry.register(crate::object::manifest::spec());
         registry
     }

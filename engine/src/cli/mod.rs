@@ -4,6 +4,7 @@
 mod dlq;
 mod functions;
 mod invoke;
+mod replay;
 mod run;
 mod runs;
 mod validate;
@@ -48,6 +49,9 @@ enum Command {
     /// Validates every pipeline first (like `weir validate`) and refuses to start on
     /// any error. A second Ctrl-C exits at once; unfinished events run again next time.
     Run(run::Args),
+    /// Push history through a pipeline: a bucket's existing objects or a schedule's
+    /// past ticks, skipping what the ledger records as done. Resumable (`--resume`).
+    Replay(replay::Args),
     /// Check pipeline files; print every error as file:line:column and exit 1 if any.
     Validate(validate::Args),
     /// Run one function on a local file, like `sam local invoke`.
@@ -77,6 +81,7 @@ pub fn main(registry: Registry) -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args, registry).await,
+            Command::Replay(args) => replay::run(args, registry).await,
             Command::Validate(args) => validate::run(args, &registry),
             Command::Invoke(args) => invoke::run(args, &registry).await,
             Command::Functions => functions::run(&registry),

@@ -47,7 +47,7 @@ pub async fn run(args: Args, registry: Registry) -> anyhow::Result<ExitCode> {
 
 /// First SIGINT/SIGTERM: stop intake and drain. Second: exit at once (unfinished
 /// events are not acknowledged, so they run again on the next start).
-async fn stop_on_signals(stop: CancellationToken) {
+pub(super) async fn stop_on_signals(stop: CancellationToken) {
     wait_for_signal().await;
     tracing::info!("stopping: no new events; finishing in-flight ones (signal again to exit at once)");
     stop.cancel();

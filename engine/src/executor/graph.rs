@@ -1,9 +1,11 @@
 //! Walks one event through the step DAG: fan-out (every item a step returns is its
-//! own invocation of each next step, all in flight together within the permits) and
+//! own invocation of each next step, all in flight together within the permits;
+//! streaming steps hand theirs over as they list them) and
 //! fan-in (a `collect` step runs once, with every item its upstream produced, when
 //! nothing upstream can produce more).
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll, StreamExt};
 use weir_functions::{Item, Payload};
 
 use super::{invoke, EventScope, PipelineRuntime, StepFailure};
@@ -50,45 +52,115 @@ impl Graph {
 
 /// Runs the graph for one event from its root item. The first failure stops the
 /// event: in-flight invocations are dropped (cancelled) and the failure returned.
+///
+/// Streaming steps (`object.sweep`) hand their outputs over a bounded channel; the
+/// walk takes from it only while fewer than `2 × concurrency` invocations are
+/// running, so a listing of millions advances as fast as the steps after it, and no
+/// faster. A streaming invocation counts as pending until its channel is drained, so
+/// a `collect` step after it sees every item.
 pub(super) async fn run(rt: &PipelineRuntime, root: Item, scope: &EventScope) -> Result<usize, StepFailure> {
     let graph = &rt.graph;
     let n = graph.children.len();
-    let mut pending = vec![0usize; n];
+    let cap = rt.pipeline.limits.concurrency.max(1) * 2;
+    let mut walk = Walk {
+        rt,
+        scope,
+        cap,
+        pending: vec![0usize; n],
+        collected: vec![Vec::new(); n],
+        running: FuturesUnordered::new(),
+        streamed: SelectAll::new(),
+        plain_running: 0,
+    };
     let mut fired = vec![false; n];
-    let mut collected: Vec<Vec<Item>> = vec![Vec::new(); n];
-    let mut running = FuturesUnordered::new();
     let mut invocations = 0;
-    let launch = |index: usize, item: Item| async move { (index, invoke::step(rt, index, item, scope).await) };
 
     for &r in &graph.roots {
-        pending[r] += 1;
-        running.push(launch(r, root.clone()));
+        walk.launch(r, root.clone());
     }
-    while let Some((index, result)) = running.next().await {
-        pending[index] -= 1;
-        invocations += 1;
-        let items = result?;
-        for &child in &graph.children[index] {
-            if graph.collect[child] {
-                collected[child].extend(items.iter().cloned());
-            } else {
-                for item in &items {
-                    pending[child] += 1;
-                    running.push(launch(child, item.clone()));
+    loop {
+        let can_take = walk.plain_running < cap;
+        tokio::select! {
+            biased;
+            Some((index, streaming, result)) = walk.running.next() => {
+                invocations += 1;
+                let items = result?;
+                if !streaming {
+                    walk.plain_running -= 1;
+                    walk.pending[index] -= 1;
+                    walk.dispatch(index, items);
                 }
             }
+            Some((index, item)) = walk.streamed.next(), if can_take => match item {
+                Some(item) => walk.dispatch(index, vec![item]),
+                None => walk.pending[index] -= 1,
+            },
+            else => break,
         }
         for c in 0..n {
             let ready = graph.collect[c]
                 && !fired[c]
-                && graph.ancestors[c].iter().all(|&a| pending[a] == 0 && (!graph.collect[a] || fired[a]));
+                && graph.ancestors[c].iter().all(|&a| walk.pending[a] == 0 && (!graph.collect[a] || fired[a]));
             if ready {
                 fired[c] = true;
-                let batch = Item::new(Payload::Collection(std::mem::take(&mut collected[c])), root.meta.clone());
-                pending[c] += 1;
-                running.push(launch(c, batch));
+                let batch = Item::new(Payload::Collection(std::mem::take(&mut walk.collected[c])), root.meta.clone());
+                walk.launch(c, batch);
             }
         }
     }
     Ok(invocations)
+}
+
+type Invocation<'a> = BoxFuture<'a, (usize, bool, Result<Vec<Item>, StepFailure>)>;
+
+/// One event's walk in progress.
+struct Walk<'a> {
+    rt: &'a PipelineRuntime,
+    scope: &'a EventScope,
+    /// Most non-streaming invocations in flight before streams are paused.
+    cap: usize,
+    /// Invocations of each step not finished yet (streams: not drained yet).
+    pending: Vec<usize>,
+    /// Items waiting for each `collect` step.
+    collected: Vec<Vec<Item>>,
+    /// (step, streaming, outputs) of every invocation in flight.
+    running: FuturesUnordered<Invocation<'a>>,
+    /// Items from streaming steps as (step, item); (step, None) when one ends.
+    streamed: SelectAll<BoxStream<'a, (usize, Option<Item>)>>,
+    plain_running: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn launch(&mut self, index: usize, item: Item) {
+        let (rt, scope) = (self.rt, self.scope);
+        self.pending[index] += 1;
+        if rt.pipeline.steps[index].function.streams() {
+            let (tx, rx) = tokio::sync::mpsc::channel(self.cap);
+            self.running
+                .push(Box::pin(async move { (index, true, invoke::step(rt, index, item, scope, Some(tx)).await) }));
+            let items = futures::stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|item| ((index, Some(item)), rx))
+            })
+            .chain(futures::stream::once(async move { (index, None) }));
+            self.streamed.push(Box::pin(items));
+        } else {
+            self.plain_running += 1;
+            self.running
+                .push(Box::pin(async move { (index, false, invoke::step(rt, index, item, scope, None).await) }));
+        }
+    }
+
+    /// Hands a step's outputs to the steps after it.
+    fn dispatch(&mut self, index: usize, items: Vec<Item>) {
+        let graph = &self.rt.graph;
+        for &child in &graph.children[index] {
+            if graph.collect[child] {
+                self.collected[child].extend(items.iter().cloned());
+            } else {
+                for item in &items {
+                    self.launch(child, item.clone());
+                }
+            }
+        }
+    }
 }

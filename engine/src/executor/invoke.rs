@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::Instrument;
+use weir_functions::registry::Emitter;
 use weir_functions::{Context, FunctionError, Item, Limits};
 
 use super::{EventScope, PipelineRuntime, StepFailure};
@@ -12,16 +13,22 @@ use super::{EventScope, PipelineRuntime, StepFailure};
 /// Invokes step `index` on `item`, retrying retryable errors per the pipeline's
 /// `[retry]` policy. Permits are held only while the function runs, not while
 /// waiting to retry.
+///
+/// With `stream_to`, a streaming function sends its outputs there (and the returned
+/// list is empty); it holds no permits, since it waits on the very steps it feeds.
 pub(super) async fn step(
     rt: &PipelineRuntime,
     index: usize,
     item: Item,
     scope: &EventScope,
+    stream_to: Option<tokio::sync::mpsc::Sender<Item>>,
 ) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
     let limits = &rt.pipeline.limits;
-    with_retries(rt, &step.name, scope.started, |attempt| {
+    let permits = stream_to.is_none();
+    with_retries(rt, &step.name, scope.started, permits, |attempt| {
         let item = item.clone();
+        let stream_to = stream_to.clone();
         async move {
             let described = item.describe();
             let span = tracing::info_span!("invoke", pipeline = %rt.name, step = %step.name, key = %described);
@@ -37,7 +44,13 @@ pub(super) async fn step(
                 event: scope.trigger_event.clone(),
             };
             let started = Instant::now();
-            let invocation = step.function.invoke(item, &ctx).instrument(span);
+            let invocation = async {
+                match stream_to {
+                    Some(tx) => step.function.invoke_streaming(item, &ctx, &Emitter::new(tx)).await.map(|()| Vec::new()),
+                    None => step.function.invoke(item, &ctx).await,
+                }
+            }
+            .instrument(span);
             let result = match tokio::time::timeout(limits.timeout, invocation).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -62,6 +75,7 @@ pub(super) async fn with_retries<T, F, Fut>(
     rt: &PipelineRuntime,
     step: &str,
     event_started: Instant,
+    hold_permits: bool,
     mut attempt: F,
 ) -> Result<T, StepFailure>
 where
@@ -72,7 +86,7 @@ where
     let mut tries = 0;
     loop {
         tries += 1;
-        let result = {
+        let result = if hold_permits {
             let _global = rt.global.acquire().await.expect("permits are never closed");
             let _local = rt.local.acquire().await.expect("permits are never closed");
             let running = rt.stats.invocations_running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -80,6 +94,8 @@ where
             let result = attempt(tries).await;
             rt.stats.invocations_running.fetch_sub(1, Ordering::SeqCst);
             result
+        } else {
+            attempt(tries).await
         };
         match result {
             Ok(value) => return Ok(value),

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,28 +47,9 @@ pub(crate) struct EventScope {
     pub trigger_event: Option<Arc<TriggerEvent>>,
 }
 
-/// Reads an object as a stream, refusing it as soon as it grows past `limit` bytes
-/// (the listed size may be stale or wrong; memory must not follow a liar).
+/// Reads an object as a stream, refusing it as soon as it grows past `limit` bytes.
 pub async fn read_object(stores: &Stores, url: &str, key: &str, limit: u64) -> Result<bytes::Bytes, FunctionError> {
-    use futures::TryStreamExt;
-    let bucket = stores.resolve(url)?;
-    let location = bucket.path(key)?;
-    let context = || format!("reading {key} from {url}");
-    let result = bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
-    let too_big =
-        |size: u64| FunctionError::permanent(format!("{key} is {size} bytes, over max_input_bytes = {limit}"));
-    if result.meta.size > limit {
-        return Err(too_big(result.meta.size));
-    }
-    let mut buffer = bytes::BytesMut::with_capacity(result.meta.size as usize);
-    let mut stream = result.into_stream();
-    while let Some(chunk) = stream.try_next().await.map_err(|e| FunctionError::from_store(context(), e))? {
-        if (buffer.len() + chunk.len()) as u64 > limit {
-            return Err(too_big((buffer.len() + chunk.len()) as u64));
-        }
-        buffer.extend_from_slice(&chunk);
-    }
-    Ok(buffer.freeze())
+    weir_functions::object::read_limited(&stores.resolve(url)?, key, limit).await
 }
 
 /// Why an event failed: the step, the error, how often it was tried.
@@ -187,10 +167,12 @@ impl PipelineRuntime {
                 }
             }
         };
+        // Acknowledge first: a crash between the two leaves a finished event whose run
+        // still reads "running" — never a run reported done whose event is redone.
+        event.acker.ack(&event, outcome).await;
         if let Err(e) = self.ledger.run_finished(&event.id, status, attempts, started.elapsed(), error).await {
             tracing::warn!(pipeline = %self.name, error = %e, "cannot record run end");
         }
-        event.acker.ack(&event, outcome).await;
         let counter = match outcome {
             Outcome::Done => &self.stats.events_done,
             Outcome::DeadLettered => &self.stats.events_dead_lettered,
@@ -263,7 +245,7 @@ impl PipelineRuntime {
                         attempts: 1,
                     });
                 }
-                invoke::with_retries(self, "load", scope.started, |_| async move {
+                invoke::with_retries(self, "load", scope.started, true, |_| async move {
                     let bytes = read_object(&self.stores, url, key, limit).await?;
                     Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url.clone(), key.clone())))
                 })

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod replay;
+pub use replay::ReplayRecord;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
@@ -34,7 +37,7 @@ pub enum ObjectStatus {
 }
 
 impl ObjectStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ObjectStatus::Pending => "pending",
             ObjectStatus::Done => "done",
@@ -92,13 +95,36 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (pipeline, url)
 );
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+CREATE TABLE IF NOT EXISTS replays (
+    id          TEXT PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    finished_at TEXT,
+    summary     TEXT
+);
+CREATE TABLE IF NOT EXISTS replay_items (
+    replay TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (replay, key)
+) WITHOUT ROWID;
 ";
+
+/// The ledger's file name in the state directory.
+pub const LEDGER_FILE: &str = "ledger.db";
+
+/// Upserts an object's (key, version, status).
+const RECORD_OBJECT: &str = "INSERT INTO objects (pipeline, url, key, version, status) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (pipeline, url, key) DO UPDATE SET version = excluded.version,
+     status = excluded.status, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 impl Ledger {
     /// Opens (creating if needed) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
         std::fs::create_dir_all(dir).map_err(|source| LedgerError::Dir { path: dir.to_path_buf(), source })?;
-        let path = dir.join("ledger.db");
+        let path = dir.join(LEDGER_FILE);
         let sqlite = |source| LedgerError::Sqlite { path: path.clone(), source };
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sqlite)?;
@@ -233,13 +259,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let (pipeline, url, key, version) = (pipeline.to_owned(), url.to_owned(), key.to_owned(), version.to_owned());
         self.with(move |c| {
-            c.prepare_cached(
-                "INSERT INTO objects (pipeline, url, key, version, status) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pipeline, url, key) DO UPDATE SET version = excluded.version,
-                 status = excluded.status, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-            )?
-            .execute(params![pipeline, url, key, version, status.as_str()])
-            .map(|_| ())
+            c.prepare_cached(RECORD_OBJECT)?.execute(params![pipeline, url, key, version, status.as_str()]).map(|_| ())
         })
         .await
     }

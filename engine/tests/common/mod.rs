@@ -56,6 +56,9 @@ struct TestParams {
     /// Always fail permanently.
     #[serde(default)]
     fail_permanent: bool,
+    /// Fail permanently for items whose key contains this text.
+    #[serde(default)]
+    fail_keys_containing: Option<String>,
     #[serde(default)]
     label: String,
 }
@@ -94,7 +97,8 @@ impl Function for TestFunction {
         if self.params.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.params.sleep_ms)).await;
         }
-        if self.params.fail_permanent {
+        let marked = |mark: &String| item.meta.key.as_ref().is_some_and(|k| k.contains(mark.as_str()));
+        if self.params.fail_permanent || self.params.fail_keys_containing.as_ref().is_some_and(marked) {
             return Err(FunctionError::permanent(format!("{} is rotten", item.describe())));
         }
         {

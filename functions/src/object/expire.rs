@@ -87,24 +87,12 @@ pub struct Expire {
     dry_run: bool,
 }
 
-impl Expire {
-    /// The moment age is measured from: the tick's logical time, or now.
-    fn reference_time(item: &Item) -> DateTime<Utc> {
-        item.meta
-            .attributes
-            .get("scheduled_time")
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now)
-    }
-}
-
 #[async_trait::async_trait]
 impl Function for Expire {
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let bucket = target_bucket(self.url.as_deref(), &item, ctx)?;
         let age = chrono::Duration::from_std(self.older_than).unwrap_or(chrono::Duration::MAX);
-        let cutoff = Self::reference_time(&item).checked_sub_signed(age).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = super::age_reference(&item).checked_sub_signed(age).unwrap_or(DateTime::<Utc>::MIN_UTC);
         let prefix = if self.prefix.is_empty() { bucket.prefix.clone() } else { bucket.path(&self.prefix)? };
         let failed = |what: &str, e| FunctionError::from_store(format!("{what} {}/{}", bucket.url, self.prefix), e);
 

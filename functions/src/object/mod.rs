@@ -5,6 +5,7 @@ pub mod delete;
 pub mod expire;
 pub mod manifest;
 pub mod put;
+pub mod sweep;
 
 use crate::{Bucket, Context, FunctionError, Item};
 
@@ -25,6 +26,41 @@ pub(crate) fn source_object(item: &Item, ctx: &Context) -> Result<(Bucket, Strin
         return Err(FunctionError::permanent(format!("{} has no source object", item.describe())));
     };
     Ok((ctx.stores.resolve(url)?, key.to_string()))
+}
+
+/// Reads an object as a stream, refusing it as soon as it grows past `limit` bytes
+/// (the listed size may be stale or wrong; memory must not follow a liar).
+pub async fn read_limited(bucket: &Bucket, key: &str, limit: u64) -> Result<bytes::Bytes, FunctionError> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let location = bucket.path(key)?;
+    let context = || format!("reading {key} from {}", bucket.url);
+    let result = bucket.store.get(&location).await.map_err(|e| FunctionError::from_store(context(), e))?;
+    let too_big =
+        |size: u64| FunctionError::permanent(format!("{key} is {size} bytes, over max_input_bytes = {limit}"));
+    if result.meta.size > limit {
+        return Err(too_big(result.meta.size));
+    }
+    let mut buffer = bytes::BytesMut::with_capacity(result.meta.size as usize);
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| FunctionError::from_store(context(), e))? {
+        if (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(too_big((buffer.len() + chunk.len()) as u64));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// The moment object ages are measured from: a schedule tick's logical time (so a
+/// re-run or replayed tick sees the same objects as old), or now.
+pub(crate) fn age_reference(item: &Item) -> chrono::DateTime<chrono::Utc> {
+    item.meta
+        .attributes
+        .get("scheduled_time")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now)
 }
 
 /// A JSON description of a written object, the item an output step passes on.

@@ -244,7 +244,7 @@ impl KeyFilter {
     }
 
     /// The directory part of the prefix: what to list or watch.
-    fn dir(&self) -> &str {
+    pub(crate) fn dir(&self) -> &str {
         self.prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
     }
 }
@@ -312,7 +312,7 @@ impl Candidate {
 
 /// The version an object is recorded under: its ETag without quotes (listings quote it,
 /// notifications do not), or size and modification time where there is no ETag.
-fn version_of(meta: &ObjectMeta) -> String {
+pub(crate) fn version_of(meta: &ObjectMeta) -> String {
     match &meta.e_tag {
         Some(tag) => tag.trim_matches('"').to_string(),
         None => format!("{}-{}", meta.size, meta.last_modified.timestamp_micros()),

@@ -1,0 +1,84 @@
+//! Replaying a bucket: the trigger's prefix listed as a stream, filtered by the
+//! trigger's globs, `--prefix` and the last-modified window, in chunks.
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::ObjectMeta;
+
+use super::{ItemSource, ReplayItem, Window};
+use crate::trigger::object_store::{version_of, KeyFilter, ObjectStoreConfig};
+use crate::trigger::EventSource;
+use crate::Engine;
+use weir_functions::Bucket;
+
+/// Objects examined per chunk (one ledger call each).
+const CHUNK: usize = 500;
+
+pub(crate) struct Listing {
+    bucket: Bucket,
+    filter: KeyFilter,
+    /// `--prefix`, when narrower than the trigger's.
+    prefix: String,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    listing: BoxStream<'static, object_store::Result<ObjectMeta>>,
+}
+
+impl Listing {
+    pub fn new(engine: &Engine, config: &ObjectStoreConfig, window: &Window) -> anyhow::Result<Self> {
+        if !config.options.is_empty() {
+            engine.stores.set_options(&config.url, config.options.clone());
+        }
+        let bucket = engine.stores.resolve(&config.url)?;
+        let trigger_prefix = &config.filter.prefix;
+        let prefix = match window.prefix.as_deref() {
+            None => trigger_prefix.clone(),
+            Some(p) if p.starts_with(trigger_prefix.as_str()) => p.to_string(),
+            Some(p) if trigger_prefix.starts_with(p) => trigger_prefix.clone(),
+            Some(p) => anyhow::bail!("--prefix {p:?} is outside the trigger's prefix {trigger_prefix:?}"),
+        };
+        let dir = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let list_prefix = if dir.is_empty() { bucket.prefix.clone() } else { bucket.path(dir)? };
+        let listing = bucket.store.list(Some(&list_prefix));
+        Ok(Self { bucket, filter: config.filter.clone(), prefix, since: window.since, until: window.until, listing })
+    }
+
+    fn in_window(&self, meta: &ObjectMeta) -> bool {
+        self.since.is_none_or(|t| meta.last_modified >= t) && self.until.is_none_or(|t| meta.last_modified < t)
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemSource for Listing {
+    async fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<ReplayItem>>> {
+        let mut chunk = Vec::new();
+        let mut examined = 0;
+        while examined < CHUNK {
+            let meta = match self.listing.next().await {
+                None if examined == 0 => return Ok(None),
+                None => break,
+                Some(meta) => meta.map_err(|e| anyhow::anyhow!("listing {}: {e}", self.bucket.url))?,
+            };
+            examined += 1;
+            let Some(key) = self.bucket.key_of(&meta.location) else { continue };
+            if !key.starts_with(&self.prefix) || !self.filter.matches(&key) || !self.in_window(&meta) {
+                continue;
+            }
+            let version = version_of(&meta);
+            let source = EventSource::Object {
+                url: self.bucket.url.clone(),
+                key: key.clone(),
+                size: meta.size,
+                version: version.clone(),
+                last_modified: Some(meta.last_modified),
+            };
+            chunk.push(ReplayItem { key, version, source });
+        }
+        Ok(Some(chunk))
+    }
+
+    fn ledger_url(&self) -> &str {
+        &self.bucket.url
+    }
+}

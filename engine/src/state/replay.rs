@@ -1,0 +1,151 @@
+//! Replays in the ledger: one row per `weir replay` (its options, so `--resume` can
+//! continue it) and one row per finished item while it runs — the checkpoint. Items
+//! are checked against it chunk by chunk, so a resumed replay skips what it finished
+//! without holding the list in memory; the rows are deleted when the replay finishes.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Ledger, LedgerError, ObjectStatus, RECORD_OBJECT};
+
+/// A replay as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRecord {
+    pub id: String,
+    pub pipeline: String,
+    /// The replay's options as JSON (the CLI's business).
+    pub options: String,
+    pub started_at: String,
+}
+
+impl Ledger {
+    /// Records a new replay, running. An interrupted replay of the same pipeline can no
+    /// longer be resumed after that (it is marked superseded and its checkpoint dropped).
+    pub async fn start_replay(&self, id: &str, pipeline: &str, options: &str) -> Result<(), LedgerError> {
+        let (id, pipeline, options) = (id.to_owned(), pipeline.to_owned(), options.to_owned());
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "DELETE FROM replay_items WHERE replay IN
+                 (SELECT id FROM replays WHERE pipeline = ?1 AND status = 'running')",
+                params![pipeline],
+            )?;
+            tx.execute(
+                "UPDATE replays SET status = 'superseded' WHERE pipeline = ?1 AND status = 'running'",
+                params![pipeline],
+            )?;
+            tx.execute(
+                "INSERT INTO replays (id, pipeline, options, status) VALUES (?1, ?2, ?3, 'running')",
+                params![id, pipeline, options],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The newest replay of `pipeline` that never finished (interrupted or killed).
+    pub async fn unfinished_replay(&self, pipeline: &str) -> Result<Option<ReplayRecord>, LedgerError> {
+        let pipeline = pipeline.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, pipeline, options, started_at FROM replays WHERE pipeline = ?1 AND status = 'running'
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+                params![pipeline],
+                |r| Ok(ReplayRecord { id: r.get(0)?, pipeline: r.get(1)?, options: r.get(2)?, started_at: r.get(3)? }),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Of `keys`, the indexes of those this replay has not finished yet.
+    pub async fn unfinished_replay_items(&self, replay: &str, keys: Vec<String>) -> Result<Vec<usize>, LedgerError> {
+        let replay = replay.to_owned();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM replay_items WHERE replay = ?1 AND key = ?2")?;
+            let mut unfinished = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                if stmt.query_row(params![replay, key], |_| Ok(())).optional()?.is_none() {
+                    unfinished.push(i);
+                }
+            }
+            Ok(unfinished)
+        })
+        .await
+    }
+
+    /// Records a finished replay item, its object (or tick) and its run's status in one
+    /// transaction, so the checkpoint, the ledger and `weir runs` never disagree after
+    /// a crash.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_replay_item(
+        &self,
+        replay: &str,
+        run: &str,
+        pipeline: &str,
+        url: &str,
+        key: &str,
+        version: &str,
+        status: ObjectStatus,
+    ) -> Result<(), LedgerError> {
+        let (replay, run, pipeline, url, key, version) = (
+            replay.to_owned(),
+            run.to_owned(),
+            pipeline.to_owned(),
+            url.to_owned(),
+            key.to_owned(),
+            version.to_owned(),
+        );
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached("INSERT OR REPLACE INTO replay_items (replay, key, status) VALUES (?1, ?2, ?3)")?
+                .execute(params![replay, key, status.as_str()])?;
+            tx.prepare_cached(RECORD_OBJECT)?.execute(params![pipeline, url, key, version, status.as_str()])?;
+            tx.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?.execute(params![run, status.as_str()])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Marks a replay finished with its summary and drops its checkpoint rows.
+    pub async fn finish_replay(&self, id: &str, summary: &str) -> Result<(), LedgerError> {
+        let (id, summary) = (id.to_owned(), summary.to_owned());
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE replays SET status = 'finished', summary = ?2,
+                 finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                params![id, summary],
+            )?;
+            tx.execute("DELETE FROM replay_items WHERE replay = ?1", params![id])?;
+            tx.commit()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replay_checkpoint_survives_reopening_and_is_dropped_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.start_replay("r1", "p", "{}").await.unwrap();
+        ledger.record_replay_item("r1", "run", "p", "file:///b", "a", "v1", ObjectStatus::Done).await.unwrap();
+        ledger.record_replay_item("r1", "run", "p", "file:///b", "c", "v1", ObjectStatus::DeadLettered).await.unwrap();
+        drop(ledger);
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let replay = ledger.unfinished_replay("p").await.unwrap().expect("an unfinished replay");
+        assert_eq!((replay.id.as_str(), replay.options.as_str()), ("r1", "{}"));
+        assert_eq!(ledger.unfinished_replay("other").await.unwrap(), None);
+        let keys = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(ledger.unfinished_replay_items("r1", keys.clone()).await.unwrap(), vec![1]);
+        assert!(ledger.object_seen("p", "file:///b", "a", "v1").await.unwrap(), "the object is recorded too");
+
+        ledger.finish_replay("r1", "{\"done\":1}").await.unwrap();
+        assert_eq!(ledger.unfinished_replay("p").await.unwrap(), None);
+        assert_eq!(ledger.unfinished_replay_items("r1", keys).await.unwrap(), vec![0, 1, 2]);
+    }
+}
