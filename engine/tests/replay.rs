@@ -262,3 +262,32 @@ async fn a_week_of_hourly_ticks_runs_168_logical_times_in_order() {
     assert_eq!((summary.done, summary.skipped), (168, 0));
     assert!(probe.max_running() > 1);
 }
+
+#[test]
+fn failed_items_are_dead_lettered_and_the_exit_code_says_so() {
+    let sandbox = Sandbox::new();
+    sandbox.drop_file("inbox/fine.jpg", &common_jpeg());
+    sandbox.drop_file("inbox/not-a-photo.jpg", b"<html>surprise</html>");
+    let pipeline = sandbox.pipeline(
+        "meta",
+        "name = \"meta\"\n[trigger]\nkind = \"object_store\"\nurl = \"{bucket}\"\nprefix = \"inbox/\"\n\
+         [[step]]\nname = \"meta\"\nfunction = \"image.metadata\"\n",
+    );
+    let out = weir(&sandbox).arg("replay").arg(&pipeline).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 found, 1 done, 1 failed"), "{stderr}");
+    assert!(stderr.contains("weir dlq list"), "{stderr}");
+    let dead = sandbox.files_under("../state/dead-letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let record = std::fs::read_to_string(&dead[0]).unwrap();
+    assert!(record.contains("inbox/not-a-photo.jpg"), "{record}");
+}
+
+/// A small real JPEG.
+fn common_jpeg() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([x as u8 * 8, y as u8 * 10, 128]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    bytes.into_inner()
+}

@@ -162,12 +162,16 @@ async fn object_sweep_copies_a_whole_prefix_for_one_replayed_tick() {
     let (registry, _) = registry_with_probe();
     let engine = Engine::new(registry).state_dir(sandbox.state());
     let pipeline = engine.load(&[path]).unwrap().remove(0);
-    let window =
-        Window { since: Some(utc("2026-11-20T00:00:00Z")), until: Some(utc("2026-11-21T00:00:00Z")), ..Default::default() };
+    let window = Window {
+        since: Some(utc("2026-11-20T00:00:00Z")),
+        until: Some(utc("2026-11-21T00:00:00Z")),
+        ..Default::default()
+    };
     let plan = Plan { window, ..Default::default() };
-    let summary = replay::replay(&engine, pipeline, plan, Arc::new(Counters::default()), CancellationToken::new(), |_| {})
-        .await
-        .unwrap();
+    let summary =
+        replay::replay(&engine, pipeline, plan, Arc::new(Counters::default()), CancellationToken::new(), |_| {})
+            .await
+            .unwrap();
     assert_eq!((summary.found, summary.done, summary.failed), (1, 1, 0), "{summary:?}");
     let archived = sandbox.files_under("archive/2026-11-20/data");
     assert_eq!(archived.len(), N);

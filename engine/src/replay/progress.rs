@@ -25,6 +25,7 @@ pub struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
     bar: Option<ProgressBar>,
     counters: Arc<Counters>,
+    started: Instant,
 }
 
 impl Progress {
@@ -34,16 +35,15 @@ impl Progress {
             Display::Bar => {
                 let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} · {per_sec} · ETA {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} · ETA {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                 );
                 let (c, b) = (counters.clone(), bar.clone());
                 let task = tokio::spawn(async move {
+                    let started = Instant::now();
                     loop {
-                        update(&b, &c);
+                        update(&b, &c, started.elapsed());
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 });
@@ -61,7 +61,7 @@ impl Progress {
                 (Some(task), None)
             }
         };
-        Self { task, bar, counters }
+        Self { task, bar, counters, started: Instant::now() }
     }
 
     pub fn finish(self) {
@@ -69,7 +69,7 @@ impl Progress {
             task.abort();
         }
         if let Some(bar) = self.bar {
-            update(&bar, &self.counters);
+            update(&bar, &self.counters, self.started.elapsed());
             bar.finish();
         }
     }
@@ -88,11 +88,12 @@ fn counts(c: &Counters) -> String {
     )
 }
 
-fn update(bar: &ProgressBar, c: &Counters) {
+fn update(bar: &ProgressBar, c: &Counters, elapsed: Duration) {
     bar.set_length(c.found.load(Ordering::Relaxed));
     bar.set_position(processed(c));
+    let rate = processed(c) as f64 / elapsed.as_secs_f64().max(0.001);
     let listing = if c.enumerated.load(Ordering::Relaxed) { "" } else { " (listing…)" };
-    bar.set_message(format!("{}{listing}", counts(c)));
+    bar.set_message(format!("{} · {rate:.0}/s{listing}", counts(c)));
 }
 
 /// `replay: 5200/10000 (listing…) · done 5000 · failed 0 · skipped 200 · 812/s · ETA 6s`
