@@ -149,8 +149,10 @@ impl Engine {
                 let runtime = runtime.clone();
                 let stop = shutdown.clone();
                 let grace = self.grace;
+                let drained = queue_stats.drained.clone();
                 async move {
                     runtime.serve(queue, stop, grace).await;
+                    drained.cancel();
                     Ok(())
                 }
             });

@@ -25,7 +25,8 @@ use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores, 
 
 use crate::config::Pipeline;
 use crate::state::Ledger;
-use crate::trigger::{Event, EventSource, Outcome};
+use crate::trigger::kafka::RecordFormat;
+use crate::trigger::{Event, EventSource, Outcome, TriggerConfig};
 use dead_letter::DeadLetter;
 
 /// Live counters of one pipeline's executor. Tests assert on them; logs report them.
@@ -198,7 +199,7 @@ impl PipelineRuntime {
             }
             EventSource::ObjectRemoved { url, key } => (url, key, None, None, None, "ObjectRemoved:Delete"),
             EventSource::Schedule { time, .. } => return Some(TriggerEvent::scheduled(id, &self.name, *time)),
-            EventSource::Json { .. } => return None,
+            EventSource::Kafka { .. } | EventSource::Json { .. } => return None,
         };
         let bucket = self.stores.resolve(url).ok()?;
         let full_key = bucket.path(key).ok()?.to_string();
@@ -234,6 +235,7 @@ impl PipelineRuntime {
             EventSource::ObjectRemoved { url, key } => {
                 Ok(Item::new(Payload::Empty, Metadata::for_object(url.clone(), key.clone())))
             }
+            EventSource::Kafka { record } => self.load_record(record),
             EventSource::Object { url, key, size, .. } => {
                 let limit = self.pipeline.limits.max_input_bytes;
                 if *size > limit {
@@ -252,6 +254,30 @@ impl PipelineRuntime {
                 .await
             }
         }
+    }
+
+    /// A Kafka record's item: its value as bytes or JSON. `{key}` in output templates is
+    /// `topic/partition/offset`, so outputs of a redelivered record overwrite themselves.
+    fn load_record(&self, record: &crate::trigger::kafka::Record) -> Result<Item, StepFailure> {
+        let mut meta = Metadata { key: Some(record.name()), ..Metadata::default() };
+        meta.attributes.insert("topic".into(), record.topic.clone());
+        meta.attributes.insert("partition".into(), record.partition.to_string());
+        meta.attributes.insert("offset".into(), record.offset.to_string());
+        if let Some(key) = &record.key {
+            meta.attributes.insert("record_key".into(), key.clone());
+        }
+        let json = matches!(&self.pipeline.trigger, TriggerConfig::Kafka(c) if c.format == RecordFormat::Json);
+        let payload = if json {
+            let value = serde_json::from_slice(&record.value).map_err(|e| StepFailure {
+                step: "load".into(),
+                error: FunctionError::permanent(format!("record {} is not JSON: {e}", record.name())),
+                attempts: 1,
+            })?;
+            Payload::Json(value)
+        } else {
+            Payload::Bytes(bytes::Bytes::copy_from_slice(&record.value))
+        };
+        Ok(Item::new(payload, meta))
     }
 
     async fn dead_letter(&self, event: &Event, failure: &StepFailure) -> Result<String, FunctionError> {

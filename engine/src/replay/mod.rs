@@ -124,6 +124,7 @@ pub async fn replay(
     let mut source: Box<dyn ItemSource> = match &pipeline.trigger {
         TriggerConfig::ObjectStore(config) => Box::new(objects::Listing::new(engine, config, &plan.window)?),
         TriggerConfig::Cron(config) => Box::new(ticks::Ticks::new(config, &plan.window, engine.clock.now())?),
+        TriggerConfig::Kafka(_) => anyhow::bail!("replaying Kafka pipelines is not supported yet"),
     };
     let concurrency = plan.concurrency.unwrap_or(match pipeline.trigger {
         TriggerConfig::Cron(_) => 1,
@@ -309,7 +310,7 @@ fn ledger_entry(source: &EventSource) -> Option<(String, String, String)> {
         EventSource::Schedule { time, .. } => {
             Some((cron::LEDGER_URL.to_string(), cron::tick_key(*time), String::new()))
         }
-        EventSource::ObjectRemoved { .. } | EventSource::Json { .. } => None,
+        EventSource::ObjectRemoved { .. } | EventSource::Kafka { .. } | EventSource::Json { .. } => None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! commit the offset) only then.
 
 pub mod cron;
+pub mod kafka;
 pub mod notification;
 pub mod object_store;
 
@@ -54,6 +55,8 @@ pub enum EventSource {
     /// A schedule's tick. `time` is the logical time: the tick it stands for, however
     /// late it runs.
     Schedule { time: chrono::DateTime<chrono::Utc>, schedule: String },
+    /// A Kafka record.
+    Kafka { record: kafka::Record },
     /// A JSON document (HTTP request body, redriven item…).
     Json { value: serde_json::Value },
 }
@@ -65,6 +68,7 @@ impl EventSource {
             EventSource::Object { key, .. } => key.clone(),
             EventSource::ObjectRemoved { key, .. } => format!("{key} (removed)"),
             EventSource::Schedule { time, .. } => format!("tick {}", cron::tick_key(*time)),
+            EventSource::Kafka { record } => record.name(),
             EventSource::Json { .. } => "<json>".into(),
         }
     }
@@ -95,6 +99,9 @@ pub struct QueueStats {
     /// Most events ever waiting in the queue at once.
     pub high_water: AtomicUsize,
     pub submitted: AtomicU64,
+    /// Cancelled once the executor has stopped and finished (or abandoned) its
+    /// in-flight events: no acknowledgement comes after it.
+    pub drained: CancellationToken,
 }
 
 /// The bounded queue's sending side. `send` waits while the queue is full.
@@ -109,6 +116,13 @@ pub struct EventSink {
 #[error("the executor has stopped accepting events")]
 pub struct SinkClosed;
 
+/// Why [`EventSink::try_send`] did not take an event.
+pub enum TrySendError {
+    /// The queue is full: the event is handed back.
+    Full(Box<Event>),
+    Closed,
+}
+
 impl EventSink {
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>, Arc<QueueStats>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -118,10 +132,31 @@ impl EventSink {
 
     pub async fn send(&self, event: Event) -> Result<(), SinkClosed> {
         self.tx.send(event).await.map_err(|_| SinkClosed)?;
+        self.sent();
+        Ok(())
+    }
+
+    /// Queues `event` if there is room now.
+    pub fn try_send(&self, event: Event) -> Result<(), TrySendError> {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.sent();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => Err(TrySendError::Full(Box::new(event))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySendError::Closed),
+        }
+    }
+
+    fn sent(&self) {
         let queued = self.tx.max_capacity() - self.tx.capacity();
         self.stats.high_water.fetch_max(queued, Ordering::Relaxed);
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// Returns once the executor behind this sink has stopped and drained.
+    pub async fn drained(&self) {
+        self.stats.drained.cancelled().await
     }
 }
 
@@ -185,9 +220,10 @@ pub enum InboxError {
 pub enum TriggerConfig {
     ObjectStore(object_store::ObjectStoreConfig),
     Cron(cron::CronConfig),
+    Kafka(kafka::KafkaConfig),
 }
 
-const KINDS: &str = "object_store, cron";
+const KINDS: &str = "object_store, cron, kafka";
 
 impl TriggerConfig {
     pub(crate) fn parse(value: &Value<'_>, report: &mut Reporter<'_>) -> Option<Self> {
@@ -211,6 +247,10 @@ impl TriggerConfig {
                 let config: cron::RawConfig = section(&rest, report)?;
                 config.validate(report).map(TriggerConfig::Cron)
             }
+            Some("kafka") => {
+                let config: kafka::RawConfig = section(&rest, report)?;
+                config.validate(report).map(TriggerConfig::Kafka)
+            }
             Some(other) => {
                 report.error(kind.span(), format!("unknown trigger kind {other:?} (supported: {KINDS})"));
                 None
@@ -227,7 +267,7 @@ impl TriggerConfig {
     pub fn would_fire_on(&self, url: Option<&str>, key: &str) -> bool {
         match self {
             TriggerConfig::ObjectStore(c) => url.is_none_or(|u| u == c.url) && c.filter.matches(key),
-            TriggerConfig::Cron(_) => false,
+            TriggerConfig::Cron(_) | TriggerConfig::Kafka(_) => false,
         }
     }
 
@@ -235,6 +275,7 @@ impl TriggerConfig {
         match self {
             TriggerConfig::ObjectStore(c) => Arc::new(object_store::ObjectStoreTrigger::new(c.clone(), ctx)),
             TriggerConfig::Cron(c) => Arc::new(cron::CronTrigger::new(c.clone(), ctx)),
+            TriggerConfig::Kafka(c) => Arc::new(kafka::KafkaTrigger::new(c.clone(), ctx)),
         }
     }
 
@@ -242,7 +283,7 @@ impl TriggerConfig {
     pub fn url(&self) -> Option<&str> {
         match self {
             TriggerConfig::ObjectStore(c) => Some(&c.url),
-            TriggerConfig::Cron(_) => None,
+            TriggerConfig::Cron(_) | TriggerConfig::Kafka(_) => None,
         }
     }
 }

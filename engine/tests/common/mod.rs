@@ -22,6 +22,8 @@ pub struct Probe {
     pub log: Mutex<Vec<(String, Instant)>>,
     /// Calls per source object key.
     pub keys: Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Item keys in call order.
+    pub order: Mutex<Vec<String>>,
     /// The trigger events (Lambda shape) the calls were given, in call order.
     pub events: Mutex<Vec<weir_functions::TriggerEvent>>,
 }
@@ -56,6 +58,11 @@ struct TestParams {
     /// Always fail permanently.
     #[serde(default)]
     fail_permanent: bool,
+    /// Sleep `slow_ms` (instead of `sleep_ms`) for items whose key ends with this text.
+    #[serde(default)]
+    slow_keys_ending: Option<String>,
+    #[serde(default)]
+    slow_ms: u64,
     /// Fail permanently for items whose key contains this text.
     #[serde(default)]
     fail_keys_containing: Option<String>,
@@ -78,6 +85,7 @@ impl Function for TestFunction {
         let p = &self.probe;
         if let Some(key) = &item.meta.key {
             *p.keys.lock().unwrap().entry(key.clone()).or_default() += 1;
+            p.order.lock().unwrap().push(key.clone());
         }
         if let Some(event) = &ctx.event {
             p.events.lock().unwrap().push((**event).clone());
@@ -94,8 +102,14 @@ impl Function for TestFunction {
             }
         }
         let _done = Done(&p.running);
-        if self.params.sleep_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.params.sleep_ms)).await;
+        let slow = self
+            .params
+            .slow_keys_ending
+            .as_ref()
+            .is_some_and(|end| item.meta.key.as_ref().is_some_and(|k| k.ends_with(end.as_str())));
+        let sleep = if slow { self.params.slow_ms } else { self.params.sleep_ms };
+        if sleep > 0 {
+            tokio::time::sleep(Duration::from_millis(sleep)).await;
         }
         let marked = |mark: &String| item.meta.key.as_ref().is_some_and(|k| k.contains(mark.as_str()));
         if self.params.fail_permanent || self.params.fail_keys_containing.as_ref().is_some_and(marked) {
