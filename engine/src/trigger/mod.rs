@@ -116,13 +116,6 @@ pub struct EventSink {
 #[error("the executor has stopped accepting events")]
 pub struct SinkClosed;
 
-/// Why [`EventSink::try_send`] did not take an event.
-pub enum TrySendError {
-    /// The queue is full: the event is handed back.
-    Full(Box<Event>),
-    Closed,
-}
-
 impl EventSink {
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>, Arc<QueueStats>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -134,18 +127,6 @@ impl EventSink {
         self.tx.send(event).await.map_err(|_| SinkClosed)?;
         self.sent();
         Ok(())
-    }
-
-    /// Queues `event` if there is room now.
-    pub fn try_send(&self, event: Event) -> Result<(), TrySendError> {
-        match self.tx.try_send(event) {
-            Ok(()) => {
-                self.sent();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(event)) => Err(TrySendError::Full(Box::new(event))),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySendError::Closed),
-        }
     }
 
     fn sent(&self) {

@@ -358,6 +358,10 @@ struct Consuming<'a> {
 /// Records held back per partition before it is paused (`ordering = "key"`).
 const HOLD_BACK: usize = 64;
 
+/// How long a record may wait for room in the executor before fetching is paused
+/// (well under librdkafka's `max.poll.interval.ms`, which is minutes by default).
+const PAUSE_AFTER: Duration = Duration::from_millis(200);
+
 impl Consuming<'_> {
     fn lane_of(&self, record: &Record) -> Option<Lane> {
         match self.trigger.config.ordering {
@@ -421,17 +425,20 @@ impl Consuming<'_> {
             received_at: SystemTime::now(),
             acker,
         };
-        let event = match self.sink.try_send(event) {
-            Ok(()) => return Ok(()),
-            Err(super::TrySendError::Closed) => return Err(super::SinkClosed),
-            Err(super::TrySendError::Full(event)) => *event,
-        };
+        let (sink, consumer) = (self.sink, self.consumer);
+        let mut send = std::pin::pin!(sink.send(event));
+        // A queue full for a moment is normal (a fetched batch is larger than it); only
+        // an executor that stays full is worth pausing for — every pause makes
+        // librdkafka drop what it prefetched.
+        tokio::select! {
+            sent = &mut send => return sent,
+            _ = tokio::time::sleep(PAUSE_AFTER) => {}
+        }
         // The executor is full: stop fetching, but keep polling (group membership,
         // rebalances) until it takes the event.
-        let (sink, consumer) = (self.sink, self.consumer);
         let assignment = consumer.assignment().unwrap_or_default();
         let _ = consumer.pause(&assignment);
-        let mut send = std::pin::pin!(sink.send(event));
+        tracing::debug!(pipeline = %self.trigger.ctx.pipeline, "executor full: fetching paused");
         let result = loop {
             tokio::select! {
                 sent = &mut send => break sent,
