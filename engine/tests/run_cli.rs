@@ -65,7 +65,12 @@ fn outputs(dir: &Path) -> Vec<PathBuf> {
 
 fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let Ok(entries) = std::fs::read_dir(dir.join("data/dead-letter/thumbnails")) else { return vec![] };
-    entries.flatten().map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap()).collect()
+    // `name#N` is object_store's temp file of a write in progress.
+    entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .collect()
 }
 
 fn wait_for(limit: Duration, what: &str, dir: &Path, mut condition: impl FnMut() -> bool) {

@@ -10,7 +10,8 @@
 //! Lambda), `key` one per key, `none` as many as the executor admits. Held-back records
 //! pause their partition, and a full executor pauses the whole assignment while the
 //! consumer keeps polling, so a slow function never makes the consumer overrun
-//! `max.poll.interval.ms` and leave its group.
+//! `max.poll.interval.ms` and leave its group. Consumer lag per partition is logged
+//! every `statistics.interval.ms` (30 s by default).
 
 pub mod offsets;
 
@@ -179,6 +180,7 @@ impl KafkaConfig {
     /// The consumer's librdkafka settings.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        config.set("statistics.interval.ms", "30000");
         for (key, value) in &self.librdkafka {
             config.set(key, value);
         }
@@ -263,6 +265,25 @@ impl ClientContext for KafkaContext {
             RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %self.pipeline, facility, "kafka: {message}"),
             _ => tracing::debug!(pipeline = %self.pipeline, facility, "kafka: {message}"),
         }
+    }
+
+    /// Every `statistics.interval.ms` (30 s unless set): consumer lag per partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lags.push((format!("{topic}/{partition}"), p.consumer_lag));
+                }
+            }
+        }
+        if lags.is_empty() {
+            return;
+        }
+        lags.sort();
+        let total: i64 = lags.iter().map(|(_, lag)| lag).sum();
+        let per_partition = lags.iter().map(|(p, lag)| format!("{p}={lag}")).collect::<Vec<_>>().join(" ");
+        tracing::info!(pipeline = %self.pipeline, total, partitions = %per_partition, "consumer lag");
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
