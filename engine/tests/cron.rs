@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use common::{registry_with_probe, wait_for, Probe, Sandbox};
+use chrono::Utc;
+use common::{registry_with_probe, utc, wait_for, Probe, Sandbox};
 use weir_engine::clock::ManualClock;
 use weir_engine::state::ObjectStatus;
 use weir_engine::trigger::cron::LEDGER_URL;
@@ -16,10 +16,6 @@ use weir_engine::{Engine, RunningEngine};
 use weir_functions::TriggerEvent;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
-}
 
 /// A scheduled pipeline whose one step is the probe (with `probe` parameters).
 fn pipeline(name: &str, trigger: &str, probe: &str) -> String {
@@ -156,7 +152,8 @@ async fn catch_up_decides_what_happens_to_ticks_missed_while_stopped() {
     none.running.stop().await.unwrap();
 
     let latest = after_an_outage("catch_up = \"latest\"").await;
-    assert_eq!(latest.caught_up, ["2026-06-04T03:00:00Z"], "only the most recent missed tick");
+    let caught_up = runs_until(&latest.probe, "hourly", "2026-06-04T03:00:00Z").await;
+    assert_eq!(caught_up, ["2026-06-04T03:00:00Z"], "only the most recent missed tick");
     latest.running.stop().await.unwrap();
 
     let expected: Vec<String> = (4..76)

@@ -108,6 +108,16 @@ async fn offsets_are_committed_after_success_and_a_restart_resumes_from_them() {
     let first: std::collections::BTreeSet<String> = seen(&probe).into_iter().collect();
     assert_eq!(first.len(), 30, "each record once");
     assert!(first.contains("uploads/0/19") && first.contains("uploads/1/9"));
+    // Functions get the record in Lambda's Kafka event shape too.
+    let events = probe.events.lock().unwrap().clone();
+    let kafka = events.iter().find_map(|e| match e {
+        weir_functions::TriggerEvent::Kafka(k) => k.records.get("uploads-1").map(|r| r[0].clone()),
+        _ => None,
+    });
+    let record = kafka.expect("a Kafka event for partition 1");
+    assert_eq!(record.topic.as_deref(), Some("uploads"));
+    let value = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, record.value.unwrap()).unwrap();
+    assert!(String::from_utf8(value).unwrap().starts_with('b'));
 
     // A restart in the same group gets only what was produced since.
     broker.produce("uploads", 1, (10..15).map(|i| format!("b{i}"))).await;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use common::{registry_with_probe, Sandbox};
+use common::{registry_with_probe, utc, Sandbox};
 use tokio_util::sync::CancellationToken;
 use weir_engine::replay::{self, Counters, Plan, Summary, Window};
 use weir_engine::Engine;
@@ -20,10 +20,6 @@ fn weir(sandbox: &Sandbox) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
     command.current_dir(sandbox.dir.path()).env("WEIR_STATE_DIR", sandbox.state());
     command
-}
-
-fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
 }
 
 const COPY_PIPELINE: &str = r#"

@@ -8,8 +8,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use common::{registry_with_probe, Sandbox};
+use common::{registry_with_probe, utc, Sandbox};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use weir_engine::replay::{self, Counters, Plan, Window};
@@ -138,10 +137,6 @@ async fn a_streaming_step_runs_only_a_bounded_distance_ahead() {
         let lead = counts.max_lead.load(Ordering::SeqCst);
         assert!(lead <= 4 * concurrency + 2, "the stream ran {lead} items ahead at concurrency {concurrency}");
     }
-}
-
-fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! The event that started a run, in AWS Lambda's shapes (`aws_lambda_events`), so a
 //! function written against Lambda's S3 event reads the same fields here.
 
+use aws_lambda_events::encodings::MillisecondTimestamp;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::kafka::{KafkaEvent, KafkaRecord};
 use aws_lambda_events::s3::{S3Bucket, S3Entity, S3Event, S3EventRecord, S3Object};
 use chrono::{DateTime, Utc};
 
@@ -14,6 +16,21 @@ pub enum TriggerEvent {
     /// A schedule's tick, as EventBridge Scheduler delivers it: `time` is the tick's
     /// logical time, not when it ran.
     Scheduled(EventBridgeEvent),
+    /// A Kafka record, as Lambda's Kafka event source mapping delivers it (one record;
+    /// key and value base64-encoded, records grouped under `topic-partition`).
+    Kafka(KafkaEvent),
+}
+
+/// The facts about a Kafka record that make up Lambda's Kafka event.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFacts<'a> {
+    pub bootstrap_servers: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
 }
 
 /// The facts about an object change that make up an S3 event record.
@@ -77,6 +94,26 @@ impl TriggerEvent {
     }
 }
 
+impl TriggerEvent {
+    pub fn kafka(facts: RecordFacts<'_>) -> Self {
+        use base64::Engine as _;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut record = KafkaRecord::default();
+        record.topic = Some(facts.topic.to_string());
+        record.partition = i64::from(facts.partition);
+        record.offset = facts.offset;
+        record.timestamp = MillisecondTimestamp(facts.timestamp.unwrap_or_default());
+        record.timestamp_type = Some("CREATE_TIME".into());
+        record.key = facts.key.map(encode);
+        record.value = Some(encode(facts.value));
+        let mut event = KafkaEvent::default();
+        event.event_source = Some("SelfManagedKafka".into());
+        event.bootstrap_servers = Some(facts.bootstrap_servers.to_string());
+        event.records.insert(format!("{}-{}", facts.topic, facts.partition), vec![record]);
+        TriggerEvent::Kafka(event)
+    }
+}
+
 /// Encodes a key as S3 does in notifications: form encoding (`+` for space), `/` kept.
 pub fn encode_key(key: &str) -> String {
     url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace("%2F", "/")
@@ -105,6 +142,27 @@ mod tests {
         assert_eq!(object["size"], 42);
         assert_eq!(json["Records"][0]["eventSource"], "aws:s3");
         assert_eq!(json["Records"][0]["s3"]["bucket"]["arn"], "arn:aws:s3:::photos");
+    }
+
+    #[test]
+    fn kafka_shape_serializes_like_lambdas_kafka_event() {
+        let TriggerEvent::Kafka(event) = TriggerEvent::kafka(RecordFacts {
+            bootstrap_servers: "127.0.0.1:9092",
+            topic: "events",
+            partition: 2,
+            offset: 15,
+            key: Some(b"k1"),
+            value: b"{\"a\":1}",
+            ..Default::default()
+        }) else {
+            panic!("a Kafka event")
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["eventSource"], "SelfManagedKafka");
+        let record = &json["records"]["events-2"][0];
+        assert_eq!((record["partition"].as_i64(), record["offset"].as_i64()), (Some(2), Some(15)));
+        assert_eq!(record["key"], "azE=");
+        assert_eq!(record["value"], "eyJhIjoxfQ==");
     }
 
     #[test]

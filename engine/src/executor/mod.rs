@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_functions::trigger_event::ObjectChange;
+use weir_functions::trigger_event::{ObjectChange, RecordFacts};
 use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores, TriggerEvent};
 
 use crate::config::Pipeline;
@@ -199,7 +199,19 @@ impl PipelineRuntime {
             }
             EventSource::ObjectRemoved { url, key } => (url, key, None, None, None, "ObjectRemoved:Delete"),
             EventSource::Schedule { time, .. } => return Some(TriggerEvent::scheduled(id, &self.name, *time)),
-            EventSource::Kafka { .. } | EventSource::Json { .. } => return None,
+            EventSource::Kafka { record } => {
+                let TriggerConfig::Kafka(config) = &self.pipeline.trigger else { return None };
+                return Some(TriggerEvent::kafka(RecordFacts {
+                    bootstrap_servers: &config.brokers,
+                    topic: &record.topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                    key: record.key.as_deref().map(str::as_bytes),
+                    value: &record.value,
+                }));
+            }
+            EventSource::Json { .. } => return None,
         };
         let bucket = self.stores.resolve(url).ok()?;
         let full_key = bucket.path(key).ok()?.to_string();

@@ -205,6 +205,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A UTC time from RFC 3339 text.
+pub fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc)
+}
+
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `limit`.
 pub async fn wait_for(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
