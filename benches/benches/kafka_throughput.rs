@@ -1,26 +1,31 @@
-//! Kafka consumption: a raw rdkafka consumer against a weir pipeline with a no-op
-//! function (commit after success, ledger records per event), on the same broker in
-//! the same run — librdkafka's mock cluster on loopback (the real Kafka protocol).
+//! Kafka consumption: raw rdkafka consumers against a weir pipeline with a no-op
+//! function and commit after success, on the same broker in the same run —
+//! librdkafka's mock cluster on loopback (the real Kafka protocol, in-process).
 //!
-//! Both read the same `RECORDS` records of 100 bytes over `PARTITIONS` partitions from
-//! the beginning, in their own consumer groups; each is timed from its first record
-//! to its last (group join excluded). The goal is weir ≥ 90 % of raw.
+//! Every consumer reads the same records from the beginning in a consumer group of its
+//! own, timed from its first record to its last (the group join is left out). Rounds
+//! alternate raw and weir so that both see the same machine. The goal is weir ≥ 90 %
+//! of the faster raw consumer.
 //!
 //! Run: `cargo bench -p weir-benches --bench kafka_throughput`
+//! (`KAFKA_BENCH_RECORDS`, `KAFKA_BENCH_PARTITIONS`, `KAFKA_BENCH_ROUNDS` to change the
+//! defaults: 1,000,000 records of 100 bytes over 32 partitions, 2 rounds.)
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weir_engine::Engine;
 use weir_functions::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Registry};
 
-const RECORDS: usize = 100_000;
-const PARTITIONS: i32 = 8;
+/// The allocator the `weir` binary uses (engine/src/main.rs), for raw and weir alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOPIC: &str = "bench";
 
 struct NoOp;
@@ -32,37 +37,59 @@ impl Function for NoOp {
     }
 }
 
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let records = setting("KAFKA_BENCH_RECORDS", 1_000_000);
+    let partitions = setting("KAFKA_BENCH_PARTITIONS", 32) as i32;
+    let rounds = setting("KAFKA_BENCH_ROUNDS", 2);
     let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    cluster.create_topic(TOPIC, partitions, 1).expect("topic");
     let servers = cluster.bootstrap_servers();
-    produce(&servers);
+    produce(&servers, records, partitions);
 
-    let raw = raw_consumer(&servers).await;
-    let weir = weir_pipeline(&servers).await;
-    let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
+    // `KAFKA_BENCH_ONLY=weir` leaves the raw consumers out (for profiling).
+    let only_weir = std::env::var("KAFKA_BENCH_ONLY").is_ok_and(|v| v == "weir");
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        if !only_weir {
+            rows.push(("raw rdkafka StreamConsumer (recv loop)", stream_consumer(&servers, records, round).await));
+            rows.push(("raw rdkafka BaseConsumer (poll loop)", base_consumer(&servers, records, round)));
+        }
+        let (took, committed) = weir_pipeline(&servers, records, partitions, &format!("a{round}"), "").await;
+        assert_eq!(committed, records as i64, "weir committed every record");
+        rows.push(("weir pipeline (no-op function per record, ordering = none, commit after success)", took));
+        let batches = "batch_size = 500\nbatch_window = \"50ms\"\n";
+        let (took, committed) = weir_pipeline(&servers, records, partitions, &format!("b{round}"), batches).await;
+        assert_eq!(committed, records as i64, "weir committed every record");
+        rows.push(("weir pipeline (no-op function per batch of 500, commit after success)", took));
+    }
+    let rate = |d: Duration| records as f64 / d.as_secs_f64();
     println!(
-        "\nKafka consumption, {RECORDS} records × 100 B over {PARTITIONS} partitions (rdkafka mock cluster, loopback)"
+        "\nKafka consumption, {records} records × 100 B over {partitions} partitions (rdkafka mock cluster, loopback)"
     );
     println!("| consumer | time | records/s |");
     println!("|---|---|---|");
-    println!("| raw rdkafka StreamConsumer | {:.2} s | {:.0} |", raw.as_secs_f64(), rate(raw));
-    println!(
-        "| weir pipeline (no-op function, ordering = none, commit after success, ledger) | {:.2} s | {:.0} |",
-        weir.as_secs_f64(),
-        rate(weir)
-    );
-    println!("weir ÷ raw = {:.2}", rate(weir) / rate(raw));
+    for (name, took) in &rows {
+        println!("| {name} | {:.2} s | {:.0} |", took.as_secs_f64(), rate(*took));
+    }
+    let best =
+        |pick: &dyn Fn(&str) -> bool| rows.iter().filter(|(n, _)| pick(n)).map(|(_, d)| rate(*d)).fold(0.0, f64::max);
+    let raw = best(&|n| n.starts_with("raw"));
+    let weir = best(&|n| n.starts_with("weir"));
+    println!("best raw {raw:.0} records/s, best weir {weir:.0} records/s: weir ÷ raw = {:.2}", weir / raw);
 }
 
-fn produce(servers: &str) {
+fn produce(servers: &str, records: usize, partitions: i32) {
     let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", servers).set("linger.ms", "10").create().expect("producer");
+        ClientConfig::new().set("bootstrap.servers", servers).set("linger.ms", "100").create().expect("producer");
     let payload = [b'x'; 100];
-    for i in 0..RECORDS {
+    for i in 0..records {
         let key = format!("{i}");
-        let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload[..]).partition(i as i32 % PARTITIONS);
+        let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload[..]).partition(i as i32 % partitions);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -73,35 +100,66 @@ fn produce(servers: &str) {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    producer.flush(Duration::from_secs(120)).expect("flush");
 }
 
-async fn raw_consumer(servers: &str) -> Duration {
-    let consumer: StreamConsumer = ClientConfig::new()
+fn consumer_config(servers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", servers)
-        .set("group.id", "raw")
+        .set("group.id", group)
         .set("group.protocol", "consumer")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
+        // What weir sets by default (see KafkaConfig::client_config), so that both
+        // fetch the same way.
+        .set("fetch.queue.backoff.ms", "10");
+    config
+}
+
+async fn stream_consumer(servers: &str, records: usize, round: usize) -> Duration {
+    let consumer: StreamConsumer = consumer_config(servers, &format!("raw-stream-{round}")).create().expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
     let mut first = None;
-    for _ in 0..RECORDS {
+    let mut cpu = 0.0;
+    for _ in 0..records {
         consumer.recv().await.expect("record");
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| {
+            cpu = cpu_seconds();
+            Instant::now()
+        });
+    }
+    let took = first.map(|t| t.elapsed()).unwrap_or_default();
+    eprintln!("raw stream: {:.2} s of CPU over {:.2} s", cpu_seconds() - cpu, took.as_secs_f64());
+    took
+}
+
+fn base_consumer(servers: &str, records: usize, round: usize) -> Duration {
+    let consumer: BaseConsumer = consumer_config(servers, &format!("raw-base-{round}")).create().expect("consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let mut first = None;
+    let mut seen = 0;
+    while seen < records {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.expect("record");
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
     }
     first.map(|t| t.elapsed()).unwrap_or_default()
 }
 
-async fn weir_pipeline(servers: &str) -> Duration {
+/// The time from the first record done to the last, and the sum of the offsets the
+/// group committed afterwards.
+async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str, extra: &str) -> (Duration, i64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("bench.toml");
+    let group = format!("weir-{run}");
     std::fs::write(
         &file,
         format!(
             "name = \"bench\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{servers}\"\ntopics = [\"{TOPIC}\"]\n\
-             group = \"weir\"\nstart = \"earliest\"\nordering = \"none\"\n\
+             group = \"{group}\"\nstart = \"earliest\"\nordering = \"none\"\n{extra}\
              [trigger.librdkafka]\n\"group.protocol\" = \"consumer\"\n\
              [limits]\nconcurrency = 64\n[[step]]\nname = \"nothing\"\nfunction = \"bench.noop\"\n"
         ),
@@ -113,15 +171,44 @@ async fn weir_pipeline(servers: &str) -> Duration {
     }));
     let engine = Engine::new(registry).state_dir(dir.path().join("state"));
     let running = engine.start(engine.load(&[file]).expect("pipeline")).await.expect("engine");
-    let done = Arc::clone(&running.pipeline("bench").expect("pipeline").executor);
-    while done.events_done.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let stats = Arc::clone(&running.pipeline("bench").expect("pipeline").executor);
+    let done = || stats.records_done.load(Ordering::Relaxed);
+    while done() == 0 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let first = Instant::now();
-    while done.events_done.load(Ordering::Relaxed) < RECORDS as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let cpu = cpu_seconds();
+    while done() < records as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = first.elapsed();
+    eprintln!("weir: {:.2} s of CPU over {:.2} s", cpu_seconds() - cpu, took.as_secs_f64());
     running.stop().await.expect("stop");
-    took
+    (took, committed(servers, &group, partitions))
+}
+
+/// CPU time this process used so far (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn committed(servers: &str, group: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = consumer_config(servers, group).create().expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(TOPIC, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }

@@ -99,13 +99,15 @@ impl Engine {
         ledger: &Ledger,
         global: Arc<Semaphore>,
     ) -> anyhow::Result<Arc<PipelineRuntime>> {
-        Ok(Arc::new(PipelineRuntime::new(
+        let runtime = PipelineRuntime::new(
             Arc::new(pipeline),
             ledger.clone(),
             self.stores.clone(),
             global,
             self.default_dead_letter_url()?,
-        )))
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(runtime))
     }
 
     /// Starts every pipeline: trigger → bounded queue → executor.

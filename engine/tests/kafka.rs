@@ -321,10 +321,23 @@ async fn two_members_share_the_partitions_and_one_leaving_hands_over_without_los
     assert_eq!(broker.committed("weir-test", "uploads", 4), [per_partition; 4]);
 }
 
+/// (record, status) of every record a member's ledger has a run for. A run covers a
+/// chunk of records, `topic/partition/first..=last`.
 fn done_runs(state: &std::path::Path) -> Vec<(String, String)> {
     let Ok(db) = rusqlite::Connection::open(state.join("ledger.db")) else { return Vec::new() };
     let Ok(mut stmt) = db.prepare("SELECT source, status FROM runs") else { return Vec::new() };
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    let rows: Vec<(String, String)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let mut records = Vec::new();
+    for (source, status) in rows {
+        let (partition, offsets) = source.rsplit_once('/').unwrap();
+        let (first, last) = match offsets.split_once("..=") {
+            Some((first, last)) => (first.parse::<i64>().unwrap(), last.parse::<i64>().unwrap()),
+            None => (offsets.parse().unwrap(), offsets.parse().unwrap()),
+        };
+        records.extend((first..=last).map(|o| (format!("{partition}/{o}"), status.clone())));
+    }
+    records
 }
 
 /// Two `weir run` processes in one group over 6 partitions; one is killed with SIGKILL

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{Stores, TriggerEvent};
+use crate::{LazyEvent, Stores, TriggerEvent};
 
 /// Per-invocation context. Cheap to clone.
 #[derive(Clone)]
@@ -26,8 +26,9 @@ pub struct Context {
     /// carry those fields. The executor already runs `invoke` inside it.
     pub span: tracing::Span,
     /// The trigger's event in AWS Lambda's shape (an S3 event for bucket triggers),
-    /// for functions that want more than the item's metadata. None for `weir invoke`.
-    pub event: Option<Arc<TriggerEvent>>,
+    /// for functions that want more than the item's metadata; read it with
+    /// [`Context::event`]. None for `weir invoke`.
+    pub event: Option<LazyEvent>,
 }
 
 /// Input limits from the pipeline's `[limits]` table.
@@ -60,6 +61,11 @@ impl Context {
             span: tracing::Span::none(),
             event: None,
         }
+    }
+
+    /// The trigger's event in AWS Lambda's shape, built on first use.
+    pub fn event(&self) -> Option<&TriggerEvent> {
+        self.event.as_ref().map(LazyEvent::get)
     }
 
     /// True when the work should stop: deadline passed or cancelled.

@@ -18,15 +18,50 @@ pub struct FunctionError {
     pub kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    partial: Option<Box<PartialBatch>>,
+}
+
+/// A batch function's answer when only some of its items failed (Lambda's
+/// `batchItemFailures`): the items that succeeded produced `outputs`, which flow on;
+/// only the failed ones are retried (as a smaller batch) or dead-lettered.
+#[derive(Debug)]
+pub struct PartialBatch {
+    pub outputs: Vec<crate::Item>,
+    /// (index in the batch's collection, why it failed).
+    pub failures: Vec<(usize, FunctionError)>,
 }
 
 impl FunctionError {
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: one_line(message.into()), source: None }
+        Self { kind: ErrorKind::Permanent, message: one_line(message.into()), source: None, partial: None }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Retryable, message: one_line(message.into()), source: None }
+        Self { kind: ErrorKind::Retryable, message: one_line(message.into()), source: None, partial: None }
+    }
+
+    /// Some items of a batch failed; the rest succeeded with `outputs`. Retryable if
+    /// any failure is.
+    pub fn partial_batch(outputs: Vec<crate::Item>, failures: Vec<(usize, FunctionError)>) -> Self {
+        let kind =
+            if failures.iter().any(|(_, e)| e.is_retryable()) { ErrorKind::Retryable } else { ErrorKind::Permanent };
+        let first = failures.first().map(|(i, e)| format!(": item {i}: {}", e.message)).unwrap_or_default();
+        let message = format!("{} batch item(s) failed{first}", failures.len());
+        Self { kind, message, source: None, partial: Some(Box::new(PartialBatch { outputs, failures })) }
+    }
+
+    /// The per-item failures, if this is a partial batch failure.
+    pub fn into_partial_batch(self) -> Result<PartialBatch, Self> {
+        match self.partial {
+            Some(partial) => Ok(*partial),
+            None => Err(self),
+        }
+    }
+
+    /// The same classification and message (causes folded in), for reporting one
+    /// failure against several inputs.
+    pub fn copied(&self) -> Self {
+        Self { kind: self.kind, message: self.chain(), source: None, partial: None }
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {

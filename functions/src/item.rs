@@ -1,5 +1,6 @@
 //! What flows between steps.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -40,29 +41,116 @@ impl Payload {
 ///
 /// `key` is the object key of the event's source object, and stays the same through
 /// every step, so `{stem}` in a key template always means the original file's stem.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+///
+/// Read attributes with [`Metadata::attribute`]: it sees both the ones set on the item
+/// and the ones its source provides.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "MetadataFields", from = "MetadataFields")]
 pub struct Metadata {
     /// URL of the bucket the source object lives in (`file:///data`, `s3://bucket`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_url: Option<String>,
     /// Object key of the source object, relative to `source_url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Which variant of the source this item is (`thumb`, `medium`), set by fan-out steps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// MIME type of a bytes payload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// File extension matching `content_type`, without the dot (`jpg`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format_ext: Option<String>,
     /// Anything else a function wants later steps or templates to see (`{attr.name}`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// Attributes the event's source answers on demand (a Kafka record's `topic`,
+    /// `partition`, `offset`, `record_key`), rather than as strings copied into every
+    /// item: at a million records a second the copies cost more than the work.
+    pub source: Option<Arc<dyn SourceAttributes>>,
+}
+
+/// Attributes an item's source provides on demand (see [`Metadata::source`]).
+pub trait SourceAttributes: Send + Sync {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+    /// Every attribute name it answers.
+    fn names(&self) -> &'static [&'static str];
+}
+
+/// [`Metadata`] as it is written out (dead letters, manifests): source attributes are
+/// folded into `attributes`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetadataFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format_ext: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: BTreeMap<String, String>,
+}
+
+impl From<Metadata> for MetadataFields {
+    fn from(meta: Metadata) -> Self {
+        let attributes = meta.all_attributes();
+        let Metadata { source_url, key, variant, content_type, format_ext, .. } = meta;
+        Self { source_url, key, variant, content_type, format_ext, attributes }
+    }
+}
+
+impl From<MetadataFields> for Metadata {
+    fn from(f: MetadataFields) -> Self {
+        let MetadataFields { source_url, key, variant, content_type, format_ext, attributes } = f;
+        Self { source_url, key, variant, content_type, format_ext, attributes, source: None }
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.source_url, &self.key, &self.variant, &self.content_type, &self.format_ext)
+            == (&other.source_url, &other.key, &other.variant, &other.content_type, &other.format_ext)
+            && self.all_attributes() == other.all_attributes()
+    }
+}
+
+impl Eq for Metadata {}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("source_url", &self.source_url)
+            .field("key", &self.key)
+            .field("variant", &self.variant)
+            .field("content_type", &self.content_type)
+            .field("format_ext", &self.format_ext)
+            .field("attributes", &self.all_attributes())
+            .finish()
+    }
 }
 
 impl Metadata {
+    /// An attribute set on the item, or else one its source provides.
+    pub fn attribute(&self, name: &str) -> Option<Cow<'_, str>> {
+        match self.attributes.get(name) {
+            Some(value) => Some(Cow::Borrowed(value)),
+            None => self.source.as_ref()?.get(name),
+        }
+    }
+
+    /// Every attribute, the item's own over its source's.
+    pub fn all_attributes(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        if let Some(source) = &self.source {
+            for name in source.names() {
+                if let Some(value) = source.get(name) {
+                    all.insert(name.to_string(), value.into_owned());
+                }
+            }
+        }
+        all.extend(self.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
     pub fn for_object(source_url: impl Into<String>, key: impl Into<String>) -> Self {
         Self { source_url: Some(source_url.into()), key: Some(key.into()), ..Self::default() }
     }

@@ -21,6 +21,8 @@ pub mod cpu;
 pub mod error;
 pub mod image;
 pub mod item;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod object;
 pub mod registry;
 pub mod store;
@@ -28,8 +30,8 @@ pub mod template;
 pub mod trigger_event;
 
 pub use context::{Context, Limits};
-pub use error::{BuildError, ErrorKind, FunctionError};
-pub use item::{Item, Metadata, Payload};
+pub use error::{BuildError, ErrorKind, FunctionError, PartialBatch};
+pub use item::{Item, Metadata, Payload, SourceAttributes};
 pub use registry::{Function, FunctionSpec, Param, Params, Registry};
 pub use store::{Bucket, Stores};
-pub use trigger_event::TriggerEvent;
+pub use trigger_event::{LazyEvent, TriggerEvent};

@@ -156,6 +156,8 @@ impl Registry {
         registry.register(crate::object::expire::spec());
         registry.register(crate::object::sweep::spec());
         registry.register(crate::object::manifest::spec());
+        #[cfg(feature = "kafka")]
+        registry.register(crate::kafka::produce::spec());
         registry
     }
 

@@ -24,26 +24,30 @@ enum Part {
     Attr(String),
 }
 
-/// A parsed key template. Parsing happens at build time, so an unknown placeholder
-/// is a `weir validate` error, not a failure at the first event.
+/// A parsed text template (topic names, header values): placeholders filled from the
+/// item's metadata. Parsing happens at build time, so an unknown placeholder is a
+/// `weir validate` error, not a failure at the first event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyTemplate {
+pub struct TextTemplate {
     source: String,
     parts: Vec<Part>,
 }
 
-impl KeyTemplate {
+impl TextTemplate {
     pub fn parse(source: &str) -> Result<Self, BuildError> {
+        Self::parse_as(source, "template")
+    }
+
+    fn parse_as(source: &str, what: &str) -> Result<Self, BuildError> {
         let mut parts = Vec::new();
         let mut rest = source;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| BuildError::new(format!("unclosed `{{` in key template {source:?}")))?
-                + open;
+            let close =
+                rest[open..].find('}').ok_or_else(|| BuildError::new(format!("unclosed `{{` in {what} {source:?}")))?
+                    + open;
             let name = &rest[open + 1..close];
             parts.push(match name {
                 "key" => Part::Key,
@@ -59,7 +63,7 @@ impl KeyTemplate {
                     Some(attr) if !attr.is_empty() => Part::Attr(attr.to_string()),
                     _ => {
                         return Err(BuildError::new(format!(
-                            "unknown placeholder {{{other}}} in key template {source:?} (known: {PLACEHOLDERS})"
+                            "unknown placeholder {{{other}}} in {what} {source:?} (known: {PLACEHOLDERS})"
                         )))
                     }
                 },
@@ -67,25 +71,19 @@ impl KeyTemplate {
             rest = &rest[close + 1..];
         }
         if rest.contains('}') {
-            return Err(BuildError::new(format!("stray `}}` in key template {source:?}")));
+            return Err(BuildError::new(format!("stray `}}` in {what} {source:?}")));
         }
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        let template = Self { source: source.to_string(), parts };
-        // The literal parts alone must not be able to escape the bucket.
-        let sample = template.sample();
-        check_key(&sample)
-            .map_err(|why| BuildError::new(format!("key template {source:?} can produce unsafe keys: {why}")))?;
-        Ok(template)
+        Ok(Self { source: source.to_string(), parts })
     }
 
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
-    /// The template with every placeholder replaced by `x`: what the template's fixed
-    /// parts look like, used to check outputs cannot land in a watched prefix.
+    /// The template with every placeholder replaced by `x`.
     pub fn sample(&self) -> String {
         self.parts
             .iter()
@@ -96,16 +94,11 @@ impl KeyTemplate {
             .collect()
     }
 
-    /// The key for `item`. Fails (permanently) if a placeholder has no value or the
-    /// result is unsafe, e.g. a source key whose `{dir}` is empty leaving `//`.
+    /// The text for `item`. Fails (permanently) if a placeholder has no value.
     pub fn render(&self, item: &Item, ctx: &Context) -> Result<String, FunctionError> {
         let meta = &item.meta;
         let missing = |what: &str| {
-            FunctionError::permanent(format!(
-                "key template {:?}: {what} has no value for {}",
-                self.source,
-                item.describe()
-            ))
+            FunctionError::permanent(format!("template {:?}: {what} has no value for {}", self.source, item.describe()))
         };
         let mut out = String::new();
         for part in &self.parts {
@@ -121,14 +114,46 @@ impl KeyTemplate {
                 Part::Pipeline => out.push_str(&ctx.pipeline),
                 Part::Step => out.push_str(&ctx.step),
                 Part::Attr(name) => {
-                    out.push_str(meta.attributes.get(name).ok_or_else(|| missing(&format!("{{attr.{name}}}")))?)
+                    out.push_str(&meta.attribute(name).ok_or_else(|| missing(&format!("{{attr.{name}}}")))?)
                 }
             }
         }
+        Ok(out)
+    }
+}
+
+/// A parsed key template: a [`TextTemplate`] whose results must be safe object keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate(TextTemplate);
+
+impl KeyTemplate {
+    pub fn parse(source: &str) -> Result<Self, BuildError> {
+        let template = TextTemplate::parse_as(source, "key template")?;
+        // The literal parts alone must not be able to escape the bucket.
+        let sample = template.sample();
+        check_key(&sample)
+            .map_err(|why| BuildError::new(format!("key template {source:?} can produce unsafe keys: {why}")))?;
+        Ok(Self(template))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The template with every placeholder replaced by `x`: what the template's fixed
+    /// parts look like, used to check outputs cannot land in a watched prefix.
+    pub fn sample(&self) -> String {
+        self.0.sample()
+    }
+
+    /// The key for `item`. Fails (permanently) if a placeholder has no value or the
+    /// result is unsafe, e.g. a source key whose `{dir}` is empty leaving `//`.
+    pub fn render(&self, item: &Item, ctx: &Context) -> Result<String, FunctionError> {
+        let out = self.0.render(item, ctx).map_err(|e| FunctionError::permanent(format!("key {}", e.message())))?;
         check_key(&out).map_err(|why| {
             FunctionError::permanent(format!(
                 "key template {:?} gave unsafe key {out:?} for {}: {why}",
-                self.source,
+                self.0.source,
                 item.describe()
             ))
         })?;
@@ -161,6 +186,19 @@ mod tests {
         assert!(KeyTemplate::parse("../{stem}.jpg").is_err());
         assert!(KeyTemplate::parse("/abs/{stem}").is_err());
         assert!(KeyTemplate::parse("out/{stem").is_err());
+    }
+
+    #[test]
+    fn text_templates_fill_in_without_key_rules() {
+        let ctx = Context::standalone(Stores::new());
+        let t = TextTemplate::parse("{attr.topic}.out").unwrap();
+        let mut it = item("uploads/0/7", None);
+        it.meta.attributes.insert("topic".into(), "uploads".into());
+        assert_eq!(t.render(&it, &ctx).unwrap(), "uploads.out");
+        // A text template may well look like `..` or start with `/`: it is not a key.
+        assert_eq!(TextTemplate::parse("/{name}").unwrap().render(&it, &ctx).unwrap(), "/7");
+        assert!(TextTemplate::parse("{nope}").is_err());
+        assert!(t.render(&item("k", None), &ctx).is_err(), "a missing attribute is an error");
     }
 
     #[test]

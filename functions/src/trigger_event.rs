@@ -5,6 +5,8 @@ use aws_lambda_events::encodings::MillisecondTimestamp;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::kafka::{KafkaEvent, KafkaRecord};
 use aws_lambda_events::s3::{S3Bucket, S3Entity, S3Event, S3EventRecord, S3Object};
+use std::sync::{Arc, OnceLock};
+
 use chrono::{DateTime, Utc};
 
 /// What triggered the run, as Lambda would have delivered it.
@@ -19,6 +21,40 @@ pub enum TriggerEvent {
     /// A Kafka record, as Lambda's Kafka event source mapping delivers it (one record;
     /// key and value base64-encoded, records grouped under `topic-partition`).
     Kafka(KafkaEvent),
+}
+
+/// A [`TriggerEvent`] built the first time a function asks for it. Most functions
+/// never do, and Lambda's shape of a Kafka record (its value in base64) would cost
+/// more to build than a small function takes to run. Cheap to clone.
+#[derive(Clone)]
+pub struct LazyEvent(Arc<Lazy<dyn Fn() -> TriggerEvent + Send + Sync>>);
+
+/// The builder is the last field, unsized, so event and builder share one allocation.
+struct Lazy<F: ?Sized> {
+    event: OnceLock<TriggerEvent>,
+    make: F,
+}
+
+impl LazyEvent {
+    /// An event `make` builds when it is first read.
+    pub fn new(make: impl Fn() -> TriggerEvent + Send + Sync + 'static) -> Self {
+        Self(Arc::new(Lazy { event: OnceLock::new(), make }))
+    }
+
+    /// An event that is already built.
+    pub fn ready(event: TriggerEvent) -> Self {
+        Self(Arc::new(Lazy { event: OnceLock::from(event), make: || unreachable!("already built") }))
+    }
+
+    pub fn get(&self) -> &TriggerEvent {
+        self.0.event.get_or_init(|| (self.0.make)())
+    }
+}
+
+impl std::fmt::Debug for LazyEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LazyEvent").field(&self.0.event.get()).finish()
+    }
 }
 
 /// The facts about a Kafka record that make up Lambda's Kafka event.
@@ -95,21 +131,30 @@ impl TriggerEvent {
 }
 
 impl TriggerEvent {
+    /// One record, as Lambda delivers a batch of one.
     pub fn kafka(facts: RecordFacts<'_>) -> Self {
+        let servers = facts.bootstrap_servers;
+        Self::kafka_batch(servers, std::iter::once(facts))
+    }
+
+    /// A batch of records, grouped under `topic-partition` in arrival order.
+    pub fn kafka_batch<'a>(bootstrap_servers: &str, records: impl IntoIterator<Item = RecordFacts<'a>>) -> Self {
         use base64::Engine as _;
         let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let mut record = KafkaRecord::default();
-        record.topic = Some(facts.topic.to_string());
-        record.partition = i64::from(facts.partition);
-        record.offset = facts.offset;
-        record.timestamp = MillisecondTimestamp(facts.timestamp.unwrap_or_default());
-        record.timestamp_type = Some("CREATE_TIME".into());
-        record.key = facts.key.map(encode);
-        record.value = Some(encode(facts.value));
         let mut event = KafkaEvent::default();
         event.event_source = Some("SelfManagedKafka".into());
-        event.bootstrap_servers = Some(facts.bootstrap_servers.to_string());
-        event.records.insert(format!("{}-{}", facts.topic, facts.partition), vec![record]);
+        event.bootstrap_servers = Some(bootstrap_servers.to_string());
+        for facts in records {
+            let mut record = KafkaRecord::default();
+            record.topic = Some(facts.topic.to_string());
+            record.partition = i64::from(facts.partition);
+            record.offset = facts.offset;
+            record.timestamp = MillisecondTimestamp(facts.timestamp.unwrap_or_default());
+            record.timestamp_type = Some("CREATE_TIME".into());
+            record.key = facts.key.map(encode);
+            record.value = Some(encode(facts.value));
+            event.records.entry(format!("{}-{}", facts.topic, facts.partition)).or_default().push(record);
+        }
         TriggerEvent::Kafka(event)
     }
 }

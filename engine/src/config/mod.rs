@@ -305,9 +305,13 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Pipeline, D
         Some(value) => section::<RetryConfig>(value, &mut report).map(Into::into),
         None => toml::from_str::<RetryConfig>("").ok().map(Into::into),
     };
-    let steps = parse_steps(table, root_span, registry, &mut report);
+    let steps = parse_steps(table, root_span.clone(), registry, &mut report);
     if let (Some(trigger), Some(steps)) = (&trigger, &steps) {
         check_self_trigger(trigger, steps, &mut report);
+        check_batching(trigger, steps, table, &mut report);
+    }
+    if let (Some(trigger), Some(retry)) = (&trigger, &retry) {
+        check_dead_letter(trigger, retry, table, &mut report);
     }
 
     match (name, trigger, limits, retry, steps) {
@@ -499,6 +503,41 @@ fn find_cycle(after: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+/// `batch_size` hands the chunk to one step, which must be the only first step.
+fn check_batching(trigger: &TriggerConfig, steps: &[ParsedStep], table: &DeTable<'_>, report: &mut Reporter<'_>) {
+    let TriggerConfig::Kafka(kafka) = trigger else { return };
+    if kafka.batch.is_none() {
+        return;
+    }
+    let span = table.get("trigger").map(|t| t.span()).unwrap_or(0..0);
+    let roots = steps.iter().filter(|s| s.step.after.is_empty()).count();
+    if roots != 1 {
+        report.error(
+            span.clone(),
+            format!("batch_size needs exactly one first step (the one that takes the batch); found {roots}"),
+        );
+    }
+    if kafka.format == crate::trigger::kafka::RecordFormat::S3Event {
+        report
+            .error(span, "batch_size does not combine with format = \"s3_event\" (each notification runs on its own)");
+    }
+}
+
+/// `dead_letter = "kafka://topic"` is a topic on the trigger's cluster.
+fn check_dead_letter(trigger: &TriggerConfig, retry: &Retry, table: &DeTable<'_>, report: &mut Reporter<'_>) {
+    let Some(url) = &retry.dead_letter else { return };
+    let Some(topic) = crate::trigger::kafka::dead_letter::topic_of(url) else { return };
+    let span = table
+        .get("retry")
+        .and_then(|r| r.get_ref().as_table().and_then(|t| t.get("dead_letter")).map(|v| v.span()))
+        .unwrap_or(0..0);
+    if !matches!(trigger, TriggerConfig::Kafka(_)) {
+        report.error(span, format!("dead_letter {url:?}: a dead-letter topic needs a Kafka trigger (its cluster)"));
+    } else if !crate::trigger::kafka::valid_topic(topic) {
+        report.error(span, format!("dead_letter {url:?}: invalid topic name {topic:?}"));
+    }
 }
 
 /// Outputs written where the trigger is watching would fire the pipeline again, for

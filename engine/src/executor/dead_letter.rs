@@ -1,13 +1,52 @@
 //! Dead-letter records: one JSON object per failed event, in the pipeline's
 //! `dead_letter` bucket under `{pipeline}/{event id}.json`, holding everything needed
-//! to understand the failure and to re-drive the event.
+//! to understand the failure and to re-drive the event — or, for Kafka pipelines, a
+//! record on a dead-letter topic (`kafka://TOPIC`, see
+//! [`crate::trigger::kafka::dead_letter`]).
+
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use weir_functions::{Bucket, ErrorKind, FunctionError};
 
-use crate::trigger::EventSource;
+use crate::trigger::kafka::dead_letter::{self as topic, DeadLetterTopic};
+use crate::trigger::{EventSource, TriggerConfig};
+
+/// Where a pipeline's dead letters go.
+#[derive(Clone)]
+pub enum DeadLetterTarget {
+    /// A bucket URL: one JSON file per failed event.
+    Bucket(String),
+    /// A Kafka topic on the trigger's cluster.
+    Topic(Arc<DeadLetterTopic>),
+}
+
+impl DeadLetterTarget {
+    /// The target `url` names. `kafka://` needs a Kafka trigger (`weir validate` checks).
+    pub fn new(url: &str, trigger: &TriggerConfig) -> Result<Self, String> {
+        match (topic::topic_of(url), trigger) {
+            (None, _) => Ok(Self::Bucket(url.to_string())),
+            (Some(name), TriggerConfig::Kafka(config)) => {
+                Ok(Self::Topic(Arc::new(DeadLetterTopic::new(name, config).map_err(|e| format!("{url}: {e}"))?)))
+            }
+            (Some(_), _) => Err(format!("dead letter {url}: a kafka:// dead-letter topic needs a Kafka trigger")),
+        }
+    }
+
+    /// Writes `record`; returns where it went (`file:///…/x.json`, `topic/partition/offset`).
+    pub async fn write(&self, stores: &weir_functions::Stores, record: &DeadLetter) -> Result<String, FunctionError> {
+        match self {
+            Self::Bucket(url) => {
+                let bucket = stores.resolve(url)?;
+                let key = write(&bucket, record).await?;
+                Ok(format!("{}/{key}", url.trim_end_matches('/')))
+            }
+            Self::Topic(topic) => topic.write(record).await,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetter {

@@ -6,7 +6,7 @@
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll, StreamExt};
-use weir_functions::{Item, Payload};
+use weir_functions::{Item, Metadata, Payload};
 
 use super::{invoke, EventScope, PipelineRuntime, StepFailure};
 use crate::config::Step;
@@ -21,6 +21,11 @@ pub(super) struct Graph {
 }
 
 impl Graph {
+    /// Steps that take the event's own item.
+    pub fn roots(&self) -> &[usize] {
+        &self.roots
+    }
+
     pub fn new(steps: &[Step]) -> Self {
         let n = steps.len();
         let mut children = vec![Vec::new(); n];
@@ -58,7 +63,47 @@ impl Graph {
 /// running, so a listing of millions advances as fast as the steps after it, and no
 /// faster. A streaming invocation counts as pending until its channel is drained, so
 /// a `collect` step after it sees every item.
-pub(super) async fn run(rt: &PipelineRuntime, root: Item, scope: &EventScope) -> Result<usize, StepFailure> {
+///
+/// `again` rebuilds the root item for a retry of a one-step pipeline's step.
+pub(super) async fn run(
+    rt: &PipelineRuntime,
+    root: Item,
+    again: Option<invoke::Rebuild<'_>>,
+    scope: &EventScope,
+) -> Result<usize, StepFailure> {
+    let graph = &rt.graph;
+    if graph.children.len() == 1 && !rt.pipeline.steps[0].function.streams() {
+        // One plain step: no walk to keep track of.
+        return invoke::step(rt, 0, root, again, scope, None).await.map(|_| 1);
+    }
+    let meta = root.meta.clone();
+    // Boxed: the walk's state is large, and every record's future would carry it.
+    Box::pin(walk(rt, scope, meta, |walk| {
+        for &r in &graph.roots {
+            walk.launch(r, root.clone());
+        }
+    }))
+    .await
+}
+
+/// Continues an event's walk as if step `after` had just returned `items` (a batch
+/// step that the caller invoked itself).
+pub(super) async fn run_after(
+    rt: &PipelineRuntime,
+    after: usize,
+    items: Vec<Item>,
+    meta: Metadata,
+    scope: &EventScope,
+) -> Result<usize, StepFailure> {
+    walk(rt, scope, meta, |walk| walk.dispatch(after, items)).await
+}
+
+async fn walk<'a>(
+    rt: &'a PipelineRuntime,
+    scope: &'a EventScope,
+    meta: Metadata,
+    start: impl FnOnce(&mut Walk<'a>),
+) -> Result<usize, StepFailure> {
     let graph = &rt.graph;
     let n = graph.children.len();
     let cap = rt.pipeline.limits.concurrency.max(1) * 2;
@@ -74,11 +119,18 @@ pub(super) async fn run(rt: &PipelineRuntime, root: Item, scope: &EventScope) ->
     };
     let mut fired = vec![false; n];
     let mut invocations = 0;
-
-    for &r in &graph.roots {
-        walk.launch(r, root.clone());
-    }
+    start(&mut walk);
     loop {
+        for c in 0..n {
+            let ready = graph.collect[c]
+                && !fired[c]
+                && graph.ancestors[c].iter().all(|&a| walk.pending[a] == 0 && (!graph.collect[a] || fired[a]));
+            if ready {
+                fired[c] = true;
+                let batch = Item::new(Payload::Collection(std::mem::take(&mut walk.collected[c])), meta.clone());
+                walk.launch(c, batch);
+            }
+        }
         let can_take = walk.plain_running < cap;
         tokio::select! {
             biased;
@@ -96,16 +148,6 @@ pub(super) async fn run(rt: &PipelineRuntime, root: Item, scope: &EventScope) ->
                 None => walk.pending[index] -= 1,
             },
             else => break,
-        }
-        for c in 0..n {
-            let ready = graph.collect[c]
-                && !fired[c]
-                && graph.ancestors[c].iter().all(|&a| walk.pending[a] == 0 && (!graph.collect[a] || fired[a]));
-            if ready {
-                fired[c] = true;
-                let batch = Item::new(Payload::Collection(std::mem::take(&mut walk.collected[c])), root.meta.clone());
-                walk.launch(c, batch);
-            }
         }
     }
     Ok(invocations)
@@ -136,8 +178,9 @@ impl<'a> Walk<'a> {
         self.pending[index] += 1;
         if rt.pipeline.steps[index].function.streams() {
             let (tx, rx) = tokio::sync::mpsc::channel(self.cap);
-            self.running
-                .push(Box::pin(async move { (index, true, invoke::step(rt, index, item, scope, Some(tx)).await) }));
+            self.running.push(Box::pin(async move {
+                (index, true, invoke::step(rt, index, item, None, scope, Some(tx)).await)
+            }));
             let items = futures::stream::unfold(rx, move |mut rx| async move {
                 rx.recv().await.map(|item| ((index, Some(item)), rx))
             })
@@ -146,7 +189,7 @@ impl<'a> Walk<'a> {
         } else {
             self.plain_running += 1;
             self.running
-                .push(Box::pin(async move { (index, false, invoke::step(rt, index, item, scope, None).await) }));
+                .push(Box::pin(async move { (index, false, invoke::step(rt, index, item, None, scope, None).await) }));
         }
     }
 

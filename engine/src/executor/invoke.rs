@@ -2,11 +2,12 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Instant;
 
 use tracing::Instrument;
 use weir_functions::registry::Emitter;
-use weir_functions::{Context, FunctionError, Item, Limits};
+use weir_functions::{Context, FunctionError, Item, Limits, Metadata, Payload};
 
 use super::{EventScope, PipelineRuntime, StepFailure};
 
@@ -16,57 +17,110 @@ use super::{EventScope, PipelineRuntime, StepFailure};
 ///
 /// With `stream_to`, a streaming function sends its outputs there (and the returned
 /// list is empty); it holds no permits, since it waits on the very steps it feeds.
+///
+/// `again` rebuilds the item for a retry (a Kafka record's item, from the record), so
+/// the first try need not keep a copy.
 pub(super) async fn step(
     rt: &PipelineRuntime,
     index: usize,
     item: Item,
+    again: Option<Rebuild<'_>>,
     scope: &EventScope,
     stream_to: Option<tokio::sync::mpsc::Sender<Item>>,
 ) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
-    let limits = &rt.pipeline.limits;
     let permits = stream_to.is_none();
+    let last = rt.pipeline.retry.max_attempts;
+    let mut item = Some(item);
     with_retries(rt, &step.name, scope.started, permits, |attempt| {
-        let item = item.clone();
+        // The last possible try takes the item itself, earlier ones a copy to retry with
+        // — unless the item can be rebuilt for the retry.
+        let this = match again {
+            Some(rebuild) if attempt > 1 => rebuild(),
+            Some(_) => item.take(),
+            None if attempt >= last => item.take(),
+            None => item.clone(),
+        };
         let stream_to = stream_to.clone();
         async move {
-            let described = item.describe();
-            let span = tracing::info_span!("invoke", pipeline = %rt.name, step = %step.name, key = %described);
-            let ctx = Context {
-                stores: rt.stores.clone(),
-                cancel: tokio_util::sync::CancellationToken::new(),
-                deadline: Instant::now() + limits.timeout,
-                pipeline: rt.name.clone(),
-                step: std::sync::Arc::from(step.name.as_str()),
-                attempt,
-                limits: Limits { max_input_bytes: limits.max_input_bytes, max_pixels: limits.max_pixels },
-                span: span.clone(),
-                event: scope.trigger_event.clone(),
-            };
-            let started = Instant::now();
-            let invocation = async {
-                match stream_to {
-                    Some(tx) => step.function.invoke_streaming(item, &ctx, &Emitter::new(tx)).await.map(|()| Vec::new()),
-                    None => step.function.invoke(item, &ctx).await,
-                }
-            }
-            .instrument(span);
-            let result = match tokio::time::timeout(limits.timeout, invocation).await {
-                Ok(result) => result,
-                Err(_) => {
-                    ctx.cancel.cancel();
-                    Err(FunctionError::retryable(format!("{described}: step {:?} timed out after {:?}", step.name, limits.timeout)))
-                }
-            };
-            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-            match &result {
-                Ok(items) => tracing::info!(pipeline = %rt.name, step = %step.name, key = %described, duration_ms, outputs = items.len(), outcome = "ok", "invoked"),
-                Err(e) => tracing::warn!(pipeline = %rt.name, step = %step.name, key = %described, duration_ms, outcome = if e.is_retryable() { "retryable" } else { "permanent" }, error = %e.chain(), "invoked"),
-            }
-            result
+            let this = this.ok_or_else(|| FunctionError::permanent("no item left to retry with"))?;
+            once(rt, index, this, scope, attempt, stream_to).await
         }
     })
     .await
+}
+
+/// Makes an item afresh for a retry.
+pub(super) type Rebuild<'a> = &'a (dyn Fn() -> Option<Item> + Send + Sync);
+
+/// One try of step `index`: deadline, cancellation, a log line.
+async fn once(
+    rt: &PipelineRuntime,
+    index: usize,
+    item: Item,
+    scope: &EventScope,
+    attempt: u32,
+    stream_to: Option<tokio::sync::mpsc::Sender<Item>>,
+) -> Result<Vec<Item>, FunctionError> {
+    let step = &rt.pipeline.steps[index];
+    let limits = &rt.pipeline.limits;
+    // Kafka records log per chunk, not per invocation: a line each would cost more
+    // than the function.
+    let span = if scope.quiet {
+        tracing::debug_span!("invoke", pipeline = %rt.name, step = %step.name, key = %item.describe())
+    } else {
+        tracing::info_span!("invoke", pipeline = %rt.name, step = %step.name, key = %item.describe())
+    };
+    let ctx = Context {
+        stores: rt.stores.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        deadline: Instant::now() + limits.timeout,
+        pipeline: rt.name.clone(),
+        step: rt.step_names[index].clone(),
+        attempt,
+        limits: Limits { max_input_bytes: limits.max_input_bytes, max_pixels: limits.max_pixels },
+        span: span.clone(),
+        event: scope.trigger_event.clone(),
+    };
+    // What the log lines call the item; quiet invocations name it only at debug level.
+    let label = (!scope.quiet || tracing::enabled!(tracing::Level::DEBUG)).then(|| item.describe());
+    let started = label.as_ref().map(|_| Instant::now());
+    let invocation = async {
+        match stream_to {
+            Some(tx) => step.function.invoke_streaming(item, &ctx, &Emitter::new(tx)).await.map(|()| Vec::new()),
+            None => step.function.invoke(item, &ctx).await,
+        }
+    }
+    .instrument(span);
+    let mut invocation = std::pin::pin!(invocation);
+    // Most invocations of small functions finish on their first poll: arm the timer
+    // only for those that do not.
+    let first = futures::poll!(invocation.as_mut());
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout_at(ctx.deadline.into(), invocation).await {
+            Ok(result) => result,
+            Err(_) => {
+                ctx.cancel.cancel();
+                let what = label.as_deref().unwrap_or("an item");
+                Err(FunctionError::retryable(format!(
+                    "{what}: step {:?} timed out after {:?}",
+                    step.name, limits.timeout
+                )))
+            }
+        },
+    };
+    let duration_ms = started.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+    let key = label.as_deref().unwrap_or("");
+    match (&result, scope.quiet) {
+        (Ok(items), false) => tracing::info!(pipeline = %rt.name, step = %step.name, key, duration_ms,
+            outputs = items.len(), outcome = "ok", "invoked"),
+        (Ok(items), true) => tracing::debug!(pipeline = %rt.name, step = %step.name, key, duration_ms,
+            outputs = items.len(), outcome = "ok", "invoked"),
+        (Err(e), _) => tracing::warn!(pipeline = %rt.name, step = %step.name, key, duration_ms, attempt,
+            outcome = if e.is_retryable() { "retryable" } else { "permanent" }, error = %e.chain(), "invoked"),
+    }
+    result
 }
 
 /// Runs `attempt` (one try, given its number from 1; called holding permits) until it
@@ -87,13 +141,8 @@ where
     loop {
         tries += 1;
         let result = if hold_permits {
-            let _global = rt.global.acquire().await.expect("permits are never closed");
-            let _local = rt.local.acquire().await.expect("permits are never closed");
-            let running = rt.stats.invocations_running.fetch_add(1, Ordering::SeqCst) + 1;
-            rt.stats.invocations_high_water.fetch_max(running, Ordering::SeqCst);
-            let result = attempt(tries).await;
-            rt.stats.invocations_running.fetch_sub(1, Ordering::SeqCst);
-            result
+            let _permits = Permits::take(rt).await;
+            attempt(tries).await
         } else {
             attempt(tries).await
         };
@@ -104,10 +153,104 @@ where
                 if !error.is_retryable() || tries >= retry.max_attempts || too_old {
                     return Err(StepFailure { step: step.to_string(), error, attempts: tries });
                 }
-                let delay = retry.backoff.delay(tries, rand::random::<f64>());
-                tracing::debug!(pipeline = %rt.name, step, attempt = tries, delay = ?delay, "retrying");
-                tokio::time::sleep(delay).await;
+                backoff(rt, step, tries).await;
             }
         }
     }
+}
+
+async fn backoff(rt: &PipelineRuntime, step: &str, tries: u32) {
+    let delay = rt.pipeline.retry.backoff.delay(tries, rand::random::<f64>());
+    tracing::debug!(pipeline = %rt.name, step, attempt = tries, delay = ?delay, "retrying");
+    tokio::time::sleep(delay).await;
+}
+
+/// An engine-wide and a pipeline permit, counted while held.
+struct Permits<'a> {
+    rt: &'a PipelineRuntime,
+    _global: tokio::sync::SemaphorePermit<'a>,
+    _local: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl<'a> Permits<'a> {
+    async fn take(rt: &'a PipelineRuntime) -> Permits<'a> {
+        let _global = rt.global.acquire().await.expect("permits are never closed");
+        let _local = rt.local.acquire().await.expect("permits are never closed");
+        let running = rt.stats.invocations_running.fetch_add(1, Ordering::SeqCst) + 1;
+        rt.stats.invocations_high_water.fetch_max(running, Ordering::SeqCst);
+        Permits { rt, _global, _local }
+    }
+}
+
+impl Drop for Permits<'_> {
+    fn drop(&mut self) {
+        self.rt.stats.invocations_running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Invokes the batch step `index` on `items` as one collection. A partial batch
+/// failure retries only the failed items (a smaller batch), per the retry policy; a
+/// whole failure retries them all. Returns every output, and the items that failed
+/// for good as (position in `items`, failure).
+pub(super) async fn batch(
+    rt: &PipelineRuntime,
+    index: usize,
+    items: Vec<Item>,
+    scope: &EventScope,
+) -> (Vec<Item>, Vec<(usize, StepFailure)>) {
+    let step = &rt.pipeline.steps[index].name;
+    let retry = &rt.pipeline.retry;
+    let meta = Metadata { key: items.first().and_then(|i| i.meta.key.clone()), ..Metadata::default() };
+    let mut pending: Vec<(usize, Item)> = items.into_iter().enumerate().collect();
+    let mut outputs = Vec::new();
+    let mut failed = Vec::new();
+    let mut tries = 0;
+    while !pending.is_empty() {
+        tries += 1;
+        let collection = Item::new(Payload::Collection(pending.iter().map(|(_, i)| i.clone()).collect()), meta.clone());
+        let result = {
+            let _permits = Permits::take(rt).await;
+            once(rt, index, collection, scope, tries, None).await
+        };
+        let can_retry = |e: &FunctionError| {
+            e.is_retryable()
+                && tries < retry.max_attempts
+                && retry.max_age.is_none_or(|age| scope.started.elapsed() < age)
+        };
+        let error = match result {
+            Ok(items) => {
+                outputs.extend(items);
+                break;
+            }
+            Err(error) => error,
+        };
+        match error.into_partial_batch() {
+            Ok(partial) => {
+                outputs.extend(partial.outputs);
+                let mut again = Vec::new();
+                let mut reported = vec![false; pending.len()];
+                for (position, error) in partial.failures {
+                    let Some(slot) = reported.get_mut(position) else { continue };
+                    *slot = true;
+                    let (original, item) = pending[position].clone();
+                    if can_retry(&error) {
+                        again.push((original, item));
+                    } else {
+                        failed.push((original, StepFailure { step: step.clone(), error, attempts: tries }));
+                    }
+                }
+                pending = again;
+            }
+            Err(error) if can_retry(&error) => {}
+            Err(error) => {
+                for (original, _) in pending.drain(..) {
+                    failed.push((original, StepFailure { step: step.clone(), error: error.copied(), attempts: tries }));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            backoff(rt, step, tries).await;
+        }
+    }
+    (outputs, failed)
 }

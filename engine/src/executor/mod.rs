@@ -12,6 +12,7 @@
 pub mod dead_letter;
 mod graph;
 mod invoke;
+mod records;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,14 +21,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_functions::trigger_event::{ObjectChange, RecordFacts};
-use weir_functions::{ErrorKind, FunctionError, Item, Metadata, Payload, Stores, TriggerEvent};
+use weir_functions::trigger_event::ObjectChange;
+use weir_functions::{ErrorKind, FunctionError, Item, LazyEvent, Metadata, Payload, Stores, TriggerEvent};
 
 use crate::config::Pipeline;
 use crate::state::Ledger;
-use crate::trigger::kafka::RecordFormat;
-use crate::trigger::{Event, EventSource, Outcome, TriggerConfig};
-use dead_letter::DeadLetter;
+use crate::trigger::{Event, EventSource, Outcome};
+use dead_letter::{DeadLetter, DeadLetterTarget};
 
 /// Live counters of one pipeline's executor. Tests assert on them; logs report them.
 #[derive(Debug, Default)]
@@ -40,12 +40,17 @@ pub struct ExecutorStats {
     pub events_dead_lettered: AtomicU64,
     /// Events not finished because the engine stopped, or their dead letter failed.
     pub events_abandoned: AtomicU64,
+    /// Kafka records finished: done, and dead-lettered (a chunk is one event).
+    pub records_done: AtomicU64,
+    pub records_dead_lettered: AtomicU64,
 }
 
 /// What every invocation of one event shares.
 pub(crate) struct EventScope {
     pub started: Instant,
-    pub trigger_event: Option<Arc<TriggerEvent>>,
+    pub trigger_event: Option<LazyEvent>,
+    /// Log invocations at debug level (Kafka records: they log per chunk).
+    pub quiet: bool,
 }
 
 /// Reads an object as a stream, refusing it as soon as it grows past `limit` bytes.
@@ -71,31 +76,44 @@ pub struct PipelineRuntime {
     pub global: Arc<Semaphore>,
     /// This pipeline's invocation permits (`limits.concurrency`).
     pub local: Arc<Semaphore>,
+    /// Where failed events go, as configured (`file://…`, `kafka://topic`).
     pub dead_letter_url: String,
+    pub dead_letters: DeadLetterTarget,
     pub stats: Arc<ExecutorStats>,
+    /// Step names as shared strings, for each invocation's context.
+    step_names: Vec<Arc<str>>,
     graph: graph::Graph,
 }
 
 impl PipelineRuntime {
+    /// Fails only when a dead-letter topic's producer cannot be created.
     pub fn new(
         pipeline: Arc<Pipeline>,
         ledger: Ledger,
         stores: Stores,
         global: Arc<Semaphore>,
         default_dead_letter: String,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let graph = graph::Graph::new(&pipeline.steps);
-        Self {
+        let dead_letter_url = pipeline.retry.dead_letter.clone().unwrap_or(default_dead_letter);
+        let dead_letters = DeadLetterTarget::new(&dead_letter_url, &pipeline.trigger)?;
+        Ok(Self {
             name: Arc::from(pipeline.name.as_str()),
             local: Arc::new(Semaphore::new(pipeline.limits.concurrency)),
-            dead_letter_url: pipeline.retry.dead_letter.clone().unwrap_or(default_dead_letter),
+            step_names: pipeline.steps.iter().map(|s| Arc::from(s.name.as_str())).collect(),
+            dead_letter_url,
+            dead_letters,
             pipeline,
             ledger,
             stores,
             global,
             stats: Default::default(),
             graph,
-        }
+        })
+    }
+
+    pub(crate) fn graph_roots(&self) -> &[usize] {
+        self.graph.roots()
     }
 
     /// Runs events from `queue` until `shutdown`, then lets in-flight events finish
@@ -142,6 +160,10 @@ impl PipelineRuntime {
 
     /// One event's whole life: run, record, dead-letter on failure, acknowledge.
     pub async fn process(&self, event: Event) -> Outcome {
+        if let EventSource::KafkaChunk { records } = &event.source {
+            let records = records.clone();
+            return records::process(self, event, records).await;
+        }
         self.stats.events_running.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let source = event.source.describe();
@@ -156,9 +178,9 @@ impl PipelineRuntime {
             Err(failure) => {
                 let chain = failure.error.chain();
                 tracing::error!(pipeline = %self.name, key = %source, step = %failure.step, attempts = failure.attempts, error = %chain, "event failed");
-                match self.dead_letter(&event, &failure).await {
-                    Ok(key) => {
-                        tracing::info!(pipeline = %self.name, key = %source, dead_letter = %format!("{}/{key}", self.dead_letter_url.trim_end_matches('/')), "dead letter written");
+                match self.write_dead_letter(&event.id, event.source.clone(), event.received_at, &failure).await {
+                    Ok(at) => {
+                        tracing::info!(pipeline = %self.name, key = %source, dead_letter = %at, "dead letter written");
                         (Outcome::DeadLettered, "dead_letter", failure.attempts, Some(chain))
                     }
                     Err(e) => {
@@ -186,9 +208,16 @@ impl PipelineRuntime {
 
     /// Runs an event's steps; returns how many invocations it took.
     pub async fn execute(&self, id: &str, source: &EventSource) -> Result<usize, StepFailure> {
-        let scope = EventScope { started: Instant::now(), trigger_event: self.trigger_event(id, source).map(Arc::new) };
+        if let EventSource::Kafka { record } = source {
+            return records::execute_one(self, record).await;
+        }
+        let scope = EventScope {
+            started: Instant::now(),
+            trigger_event: self.trigger_event(id, source).map(LazyEvent::ready),
+            quiet: false,
+        };
         let root = self.load(source, &scope).await?;
-        graph::run(self, root, &scope).await
+        graph::run(self, root, None, &scope).await
     }
 
     /// The event in AWS Lambda's shape, for functions that read it from their context.
@@ -199,19 +228,7 @@ impl PipelineRuntime {
             }
             EventSource::ObjectRemoved { url, key } => (url, key, None, None, None, "ObjectRemoved:Delete"),
             EventSource::Schedule { time, .. } => return Some(TriggerEvent::scheduled(id, &self.name, *time)),
-            EventSource::Kafka { record } => {
-                let TriggerConfig::Kafka(config) = &self.pipeline.trigger else { return None };
-                return Some(TriggerEvent::kafka(RecordFacts {
-                    bootstrap_servers: &config.brokers,
-                    topic: &record.topic,
-                    partition: record.partition,
-                    offset: record.offset,
-                    timestamp: record.timestamp,
-                    key: record.key.as_deref().map(str::as_bytes),
-                    value: &record.value,
-                }));
-            }
-            EventSource::Json { .. } => return None,
+            EventSource::Kafka { .. } | EventSource::KafkaChunk { .. } | EventSource::Json { .. } => return None,
         };
         let bucket = self.stores.resolve(url).ok()?;
         let full_key = bucket.path(key).ok()?.to_string();
@@ -247,7 +264,11 @@ impl PipelineRuntime {
             EventSource::ObjectRemoved { url, key } => {
                 Ok(Item::new(Payload::Empty, Metadata::for_object(url.clone(), key.clone())))
             }
-            EventSource::Kafka { record } => self.load_record(record),
+            EventSource::Kafka { .. } | EventSource::KafkaChunk { .. } => Err(StepFailure {
+                step: "load".into(),
+                error: FunctionError::permanent("Kafka records run through executor::records"),
+                attempts: 1,
+            }),
             EventSource::Object { url, key, size, .. } => {
                 let limit = self.pipeline.limits.max_input_bytes;
                 if *size > limit {
@@ -268,45 +289,27 @@ impl PipelineRuntime {
         }
     }
 
-    /// A Kafka record's item: its value as bytes or JSON. `{key}` in output templates is
-    /// `topic/partition/offset`, so outputs of a redelivered record overwrite themselves.
-    fn load_record(&self, record: &crate::trigger::kafka::Record) -> Result<Item, StepFailure> {
-        let mut meta = Metadata { key: Some(record.name()), ..Metadata::default() };
-        meta.attributes.insert("topic".into(), record.topic.clone());
-        meta.attributes.insert("partition".into(), record.partition.to_string());
-        meta.attributes.insert("offset".into(), record.offset.to_string());
-        if let Some(key) = &record.key {
-            meta.attributes.insert("record_key".into(), key.clone());
-        }
-        let json = matches!(&self.pipeline.trigger, TriggerConfig::Kafka(c) if c.format == RecordFormat::Json);
-        let payload = if json {
-            let value = serde_json::from_slice(&record.value).map_err(|e| StepFailure {
-                step: "load".into(),
-                error: FunctionError::permanent(format!("record {} is not JSON: {e}", record.name())),
-                attempts: 1,
-            })?;
-            Payload::Json(value)
-        } else {
-            Payload::Bytes(bytes::Bytes::copy_from_slice(&record.value))
-        };
-        Ok(Item::new(payload, meta))
-    }
-
-    async fn dead_letter(&self, event: &Event, failure: &StepFailure) -> Result<String, FunctionError> {
-        let bucket = self.stores.resolve(&self.dead_letter_url)?;
+    /// Writes a failed event's dead letter; returns where it went.
+    pub(crate) async fn write_dead_letter(
+        &self,
+        id: &str,
+        source: EventSource,
+        received_at: std::time::SystemTime,
+        failure: &StepFailure,
+    ) -> Result<String, FunctionError> {
         let record = DeadLetter {
-            id: event.id.clone(),
+            id: id.to_string(),
             pipeline: self.name.to_string(),
-            event: event.source.clone(),
+            event: source,
             step: failure.step.clone(),
             error: failure.error.chain(),
             error_kind: if failure.error.is_retryable() { ErrorKind::Retryable } else { ErrorKind::Permanent },
             attempts: failure.attempts,
-            received_at: event.received_at.into(),
+            received_at: received_at.into(),
             failed_at: chrono::Utc::now(),
             redrives: 0,
         };
-        dead_letter::write(&bucket, &record).await
+        self.dead_letters.write(&self.stores, &record).await
     }
 
     /// Dead-letters input that never became an event (a malformed notification), so
@@ -317,7 +320,6 @@ impl PipelineRuntime {
         step: &str,
         error: &str,
     ) -> Result<String, FunctionError> {
-        let bucket = self.stores.resolve(&self.dead_letter_url)?;
         let now = chrono::Utc::now();
         let record = DeadLetter {
             id: uuid::Uuid::now_v7().to_string(),
@@ -331,6 +333,6 @@ impl PipelineRuntime {
             failed_at: now,
             redrives: 0,
         };
-        dead_letter::write(&bucket, &record).await
+        self.dead_letters.write(&self.stores, &record).await
     }
 }

@@ -310,7 +310,10 @@ fn ledger_entry(source: &EventSource) -> Option<(String, String, String)> {
         EventSource::Schedule { time, .. } => {
             Some((cron::LEDGER_URL.to_string(), cron::tick_key(*time), String::new()))
         }
-        EventSource::ObjectRemoved { .. } | EventSource::Kafka { .. } | EventSource::Json { .. } => None,
+        EventSource::ObjectRemoved { .. }
+        | EventSource::Kafka { .. }
+        | EventSource::KafkaChunk { .. }
+        | EventSource::Json { .. } => None,
     }
 }
 

@@ -308,6 +308,32 @@ impl Ledger {
         .await
     }
 
+    /// A run recorded in one write, once it is over (Kafka chunks: a row per chunk,
+    /// not two per record).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_recorded(
+        &self,
+        id: &str,
+        pipeline: &str,
+        source: &str,
+        status: &str,
+        attempts: u32,
+        duration: Duration,
+        error: Option<String>,
+    ) -> Result<(), LedgerError> {
+        let (id, pipeline, source, status) = (id.to_owned(), pipeline.to_owned(), source.to_owned(), status.to_owned());
+        let ms = duration.as_millis() as i64;
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO runs (id, pipeline, source, status, attempts, duration_ms, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![id, pipeline, source, status, attempts, ms, error])
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: usize, pipeline: Option<String>) -> Result<Vec<RunRow>, LedgerError> {
         self.with(move |c| {

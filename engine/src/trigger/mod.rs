@@ -55,8 +55,11 @@ pub enum EventSource {
     /// A schedule's tick. `time` is the logical time: the tick it stands for, however
     /// late it runs.
     Schedule { time: chrono::DateTime<chrono::Utc>, schedule: String },
-    /// A Kafka record.
+    /// A Kafka record (a dead letter's, or one being redriven).
     Kafka { record: kafka::Record },
+    /// Consecutive records of one partition, delivered together ([`kafka::chunk`]);
+    /// each finishes, and is dead-lettered, on its own.
+    KafkaChunk { records: Arc<[kafka::Record]> },
     /// A JSON document (HTTP request body, redriven item…).
     Json { value: serde_json::Value },
 }
@@ -69,6 +72,11 @@ impl EventSource {
             EventSource::ObjectRemoved { key, .. } => format!("{key} (removed)"),
             EventSource::Schedule { time, .. } => format!("tick {}", cron::tick_key(*time)),
             EventSource::Kafka { record } => record.name(),
+            EventSource::KafkaChunk { records } => match (records.first(), records.last()) {
+                (Some(first), Some(last)) if records.len() > 1 => format!("{}..={}", first.name(), last.offset),
+                (Some(first), _) => first.name(),
+                _ => "<no records>".into(),
+            },
             EventSource::Json { .. } => "<json>".into(),
         }
     }
@@ -91,6 +99,16 @@ pub enum Outcome {
 #[async_trait::async_trait]
 pub trait Acknowledge: Send + Sync {
     async fn ack(&self, event: &Event, outcome: Outcome);
+
+    /// For events carrying several records (a Kafka chunk): record `index` finished
+    /// (done, or its dead letter written). Called before `ack`, as records finish.
+    fn ack_record(&self, _index: usize) {}
+
+    /// False when the trigger no longer wants the event run (its partition was
+    /// revoked while it waited in the queue): the executor skips it.
+    fn wanted(&self) -> bool {
+        true
+    }
 }
 
 /// Counters about the trigger → executor queue, for tests and logs.
@@ -125,6 +143,19 @@ impl EventSink {
 
     pub async fn send(&self, event: Event) -> Result<(), SinkClosed> {
         self.tx.send(event).await.map_err(|_| SinkClosed)?;
+        self.sent();
+        Ok(())
+    }
+
+    /// Whether `try_send` would find room now. Reliable for a queue with one sender
+    /// (a Kafka trigger's consumer thread).
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    /// Queues `event` without waiting (for triggers that run on their own thread).
+    pub fn try_send(&self, event: Event) -> Result<(), Box<mpsc::error::TrySendError<Event>>> {
+        self.tx.try_send(event).map_err(Box::new)?;
         self.sent();
         Ok(())
     }

@@ -87,8 +87,8 @@ impl Function for TestFunction {
             *p.keys.lock().unwrap().entry(key.clone()).or_default() += 1;
             p.order.lock().unwrap().push(key.clone());
         }
-        if let Some(event) = &ctx.event {
-            p.events.lock().unwrap().push((**event).clone());
+        if let Some(event) = ctx.event() {
+            p.events.lock().unwrap().push(event.clone());
         }
         let now = p.running.fetch_add(1, Ordering::SeqCst) + 1;
         p.max_running.fetch_max(now, Ordering::SeqCst);

@@ -56,9 +56,8 @@ pub async fn read_limited(bucket: &Bucket, key: &str, limit: u64) -> Result<byte
 /// re-run or replayed tick sees the same objects as old), or now.
 pub(crate) fn age_reference(item: &Item) -> chrono::DateTime<chrono::Utc> {
     item.meta
-        .attributes
-        .get("scheduled_time")
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .attribute("scheduled_time")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(chrono::Utc::now)
 }

@@ -177,6 +177,7 @@ impl Function for Sweep {
             }
             let mut metadata = Metadata {
                 attributes: item.meta.attributes.clone(),
+                source: item.meta.source.clone(),
                 ..Metadata::for_object(bucket.url.clone(), key.clone())
             };
             metadata.attributes.insert("size".into(), meta.size.to_string());

@@ -1,38 +1,49 @@
 //! `kind = "kafka"`: records on Kafka topics, consumed in a consumer group.
 //!
-//! Offsets are committed only after success: a record's offset is handed to
-//! [`offsets::Offsets`] when it is queued and released when its event finished (done,
-//! or dead-lettered — a poison record never blocks its partition); commits, batched
-//! every `commit_interval` and flushed on revoke and at shutdown, never pass an
-//! unfinished record. Auto-commit is off.
+//! ```text
+//! librdkafka ──poll──▶ consumer thread ──chunks──▶ executor ──per record──▶ steps
+//!     ▲                 (lanes, pauses)               │
+//!     └──── commit ◀── offsets ◀── record finished ◀──┘
+//! ```
 //!
-//! Ordering (`ordering`): `partition` runs one record per partition at a time (like
-//! Lambda), `key` one per key, `none` as many as the executor admits. Held-back records
-//! pause their partition, and a full executor pauses the whole assignment while the
-//! consumer keeps polling, so a slow function never makes the consumer overrun
-//! `max.poll.interval.ms` and leave its group. Consumer lag per partition is logged
-//! every `statistics.interval.ms` (30 s by default).
+//! * [`consumer`]: a thread of its own polls librdkafka and groups each partition's
+//!   records into [`chunk`]s, one event each: handing records over one at a time would
+//!   cost more than a no-op function. `ordering` decides what may run side by side.
+//! * [`offsets`]: commit after success. A record's offset is committed only when it
+//!   and every record before it in its partition finished — done, or dead-lettered (a
+//!   poison record never blocks its partition). Auto-commit is off; commits are
+//!   batched every `commit_interval` and flushed on revoke and at shutdown.
+//! * Backpressure: a partition holding too many records, or an executor whose queue
+//!   stays full, is paused while the consumer keeps polling, so a slow function never
+//!   makes the consumer overrun `max.poll.interval.ms` and leave its group.
+//! * Rebalances: a revoked partition's records in flight get `rebalance_grace` to
+//!   finish and be committed; the rest go to the next owner uncommitted.
+//! * [`dead_letter`]: a dead-letter topic (`dead_letter = "kafka://topic"`).
 
+pub mod chunk;
+mod consumer;
+mod context;
+pub mod dead_letter;
 pub mod offsets;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
-use super::{Acknowledge, Event, EventSink, EventSource, Outcome, Trigger, TriggerContext};
+use super::object_store::KeyFilter;
+use super::{EventSink, Trigger, TriggerContext};
 use crate::config::units::HumanDuration;
 use crate::config::Reporter;
-use offsets::{Offsets, Partition};
+use chunk::Wake;
+use context::KafkaContext;
+use offsets::Partition;
 
 /// The `[trigger]` table as written.
 #[derive(Deserialize)]
@@ -43,14 +54,35 @@ pub(crate) struct RawConfig {
     group: Spanned<String>,
     #[serde(default)]
     start: Start,
-    #[serde(default)]
-    format: RecordFormat,
+    #[serde(default = "default_format")]
+    format: Spanned<RecordFormat>,
     #[serde(default)]
     ordering: Ordering,
     #[serde(default)]
     commit_interval: Option<HumanDuration>,
     #[serde(default)]
+    batch_size: Option<Spanned<usize>>,
+    #[serde(default)]
+    batch_window: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    rebalance_grace: Option<HumanDuration>,
+    /// `format = "s3_event"`: the bucket the notifications are about.
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+    #[serde(default)]
     librdkafka: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_format() -> Spanned<RecordFormat> {
+    Spanned::new(0..0, RecordFormat::Bytes)
 }
 
 /// Where a group with no committed offsets starts.
@@ -74,6 +106,9 @@ pub enum RecordFormat {
     Bytes,
     /// Parsed as JSON; a record that is not JSON is dead-lettered.
     Json,
+    /// An S3 / SNS / EventBridge / MinIO bucket notification: each object it names is
+    /// read from `url` and runs through the steps like an object-store trigger's.
+    S3Event,
 }
 
 /// Which records may run side by side.
@@ -83,10 +118,27 @@ pub enum Ordering {
     /// One record per partition at a time, in offset order.
     #[default]
     Partition,
-    /// One record per key at a time, in offset order per key; keys run in parallel.
+    /// Within a partition, one record per key at a time, in offset order per key.
     Key,
     /// In parallel within the executor's limits.
     None,
+}
+
+/// `batch_size` / `batch_window`: the first step takes records in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub size: usize,
+    pub window: Duration,
+}
+
+/// `format = "s3_event"`: the bucket whose notifications arrive on the topic.
+#[derive(Debug, Clone)]
+pub struct NotifiedBucket {
+    /// Where the objects are read from (`s3://photos`, `file://./data`).
+    pub url: String,
+    /// The bucket name notifications must carry; others are ignored.
+    pub bucket: String,
+    pub filter: KeyFilter,
 }
 
 /// A validated Kafka trigger configuration.
@@ -99,6 +151,9 @@ pub struct KafkaConfig {
     pub format: RecordFormat,
     pub ordering: Ordering,
     pub commit_interval: Duration,
+    pub batch: Option<Batching>,
+    pub rebalance_grace: Duration,
+    pub objects: Option<NotifiedBucket>,
     /// Passed to librdkafka as is (`security.protocol`, `sasl.*`, …); never logged.
     pub librdkafka: Vec<(String, String)>,
 }
@@ -106,6 +161,9 @@ pub struct KafkaConfig {
 /// Settings weir owns: setting them would break commit-after-success.
 const RESERVED: [&str; 5] =
     ["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers", "auto.offset.reset"];
+
+/// Largest `batch_size` (Lambda's limit for Kafka).
+const MAX_BATCH: usize = 10_000;
 
 impl RawConfig {
     pub(crate) fn validate(self, report: &mut Reporter<'_>) -> Option<KafkaConfig> {
@@ -125,7 +183,7 @@ impl RawConfig {
                     report.error(topic.span(), format!("invalid topic regex {name:?}: {e}"));
                     ok = false;
                 }
-            } else if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            } else if !valid_topic(name) {
                 report.error(topic.span(), format!("invalid topic name {name:?} (letters, digits, . _ -)"));
                 ok = false;
             }
@@ -141,17 +199,98 @@ impl RawConfig {
                 ok = false;
             }
         }
+        let batch = match (&self.batch_size, &self.batch_window) {
+            (None, None) => None,
+            (None, Some(window)) => {
+                report.error(window.span(), "batch_window needs batch_size");
+                ok = false;
+                None
+            }
+            (Some(size), window) => {
+                if *size.get_ref() == 0 || *size.get_ref() > MAX_BATCH {
+                    report.error(size.span(), format!("batch_size must be 1..={MAX_BATCH}"));
+                    ok = false;
+                }
+                // Lambda's default batching window for Kafka.
+                let window = window.as_ref().map(|w| w.get_ref().0).unwrap_or(Duration::from_millis(500));
+                Some(Batching { size: *size.get_ref(), window })
+            }
+        };
+        let format = *self.format.get_ref();
+        let objects = match (format, self.url) {
+            (RecordFormat::S3Event, Some(url)) => {
+                let include = super::object_store::compile_globs(&self.include, report);
+                let exclude = super::object_store::compile_globs(&self.exclude, report);
+                let bucket = self.bucket.clone().or_else(|| bucket_name(url.get_ref()));
+                match (include, exclude, bucket) {
+                    (Some(include), Some(exclude), Some(bucket)) => Some(NotifiedBucket {
+                        url: url.into_inner(),
+                        bucket,
+                        filter: KeyFilter::new(self.prefix.clone(), include, exclude),
+                    }),
+                    (_, _, None) => {
+                        report.error(url.span(), "cannot tell the bucket's name from this url: set `bucket`");
+                        ok = false;
+                        None
+                    }
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (RecordFormat::S3Event, None) => {
+                report.error(self.format.span(), "format = \"s3_event\" needs `url`: the bucket to read objects from");
+                ok = false;
+                None
+            }
+            (_, Some(url)) => {
+                report.error(url.span(), "`url` only applies to format = \"s3_event\"");
+                ok = false;
+                None
+            }
+            (_, None) => None,
+        };
+        if format != RecordFormat::S3Event
+            && (self.bucket.is_some()
+                || !self.prefix.is_empty()
+                || !self.include.is_empty()
+                || !self.exclude.is_empty())
+        {
+            report.error(self.format.span(), "bucket/prefix/include/exclude only apply to format = \"s3_event\"");
+            ok = false;
+        }
         ok.then(|| KafkaConfig {
             brokers: self.brokers.into_inner(),
             topics: self.topics.into_iter().map(Spanned::into_inner).collect(),
             group: self.group.into_inner(),
             start: self.start,
-            format: self.format,
+            format,
             ordering: self.ordering,
             commit_interval: self.commit_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+            batch,
+            rebalance_grace: self.rebalance_grace.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            objects,
             librdkafka: self.librdkafka.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         })
     }
+}
+
+/// Kafka's rules for topic names.
+pub fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// `s3://photos/inbox` → `photos`; `file:///srv/buckets/photos` → `photos`.
+fn bucket_name(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let name =
+        if scheme == "file" { rest.trim_end_matches('/').rsplit('/').next()? } else { rest.split('/').next()? };
+    (!name.is_empty() && name != ".").then(|| name.to_string())
 }
 
 /// librdkafka takes `^`-prefixed topics as POSIX regexes; catch the obvious mistakes
@@ -181,6 +320,10 @@ impl KafkaConfig {
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("statistics.interval.ms", "30000");
+        // librdkafka waits a whole second (its default) before fetching again once its
+        // local queue was full; weir drains that queue in bursts (a chunk at a time) and
+        // pauses partitions itself when it must, so it wants fetching to resume at once.
+        config.set("fetch.queue.backoff.ms", "10");
         for (key, value) in &self.librdkafka {
             config.set(key, value);
         }
@@ -204,13 +347,13 @@ impl KafkaConfig {
 /// letter, base64), so a redrive needs no broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[serde(with = "base64_bytes")]
-    pub value: Vec<u8>,
+    pub value: bytes::Bytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -221,7 +364,7 @@ impl Record {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)
     }
 
-    fn partition_id(&self) -> Partition {
+    pub fn partition_id(&self) -> Partition {
         (self.topic.clone(), self.partition)
     }
 }
@@ -234,372 +377,70 @@ mod base64_bytes {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
         let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD.decode(text).map(Into::into).map_err(serde::de::Error::custom)
     }
-}
-
-/// Records that must run one at a time: a partition, or a key within one.
-type Lane = (Partition, Option<String>);
-
-/// A finished record, reported by the acker to the consuming loop.
-struct Finished {
-    partition: Partition,
-    offset: i64,
-    lane: Option<Lane>,
-}
-
-/// Routes librdkafka's logs into tracing and commits on revoke.
-struct KafkaContext {
-    pipeline: Arc<str>,
-    offsets: Arc<Mutex<Offsets>>,
-}
-
-impl ClientContext for KafkaContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(pipeline = %self.pipeline, facility, "kafka: {message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(pipeline = %self.pipeline, facility, "kafka: {message}"),
-            _ => tracing::debug!(pipeline = %self.pipeline, facility, "kafka: {message}"),
-        }
-    }
-
-    /// Every `statistics.interval.ms` (30 s unless set): consumer lag per partition.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut lags = Vec::new();
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    lags.push((format!("{topic}/{partition}"), p.consumer_lag));
-                }
-            }
-        }
-        if lags.is_empty() {
-            return;
-        }
-        lags.sort();
-        let total: i64 = lags.iter().map(|(_, lag)| lag).sum();
-        let per_partition = lags.iter().map(|(p, lag)| format!("{p}={lag}")).collect::<Vec<_>>().join(" ");
-        tracing::info!(pipeline = %self.pipeline, total, partitions = %per_partition, "consumer lag");
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::warn!(pipeline = %self.pipeline, error = %error, "kafka: {reason}");
-    }
-}
-
-impl ConsumerContext for KafkaContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
-        // Commit what finished of the revoked partitions, then forget them: their
-        // unfinished records go to the next owner.
-        let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
-        let commits = offsets.take_commits();
-        let list = commit_list(&commits);
-        if list.count() > 0 {
-            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
-                tracing::warn!(pipeline = %self.pipeline, error = %e, "commit on revoke failed");
-            }
-        }
-        for element in revoked.elements() {
-            offsets.forget(&(element.topic().to_string(), element.partition()));
-        }
-        tracing::info!(pipeline = %self.pipeline, partitions = revoked.count(), "partitions revoked");
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            tracing::info!(pipeline = %self.pipeline, partitions = assigned.count(), "partitions assigned");
-        }
-    }
-}
-
-fn commit_list(commits: &[(Partition, i64)]) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in commits {
-        // Only fails for an invalid offset, which `Offsets` never produces.
-        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-    }
-    list
 }
 
 /// The running trigger.
 pub struct KafkaTrigger {
-    config: KafkaConfig,
+    config: Arc<KafkaConfig>,
     ctx: TriggerContext,
 }
 
 impl KafkaTrigger {
     pub fn new(config: KafkaConfig, ctx: TriggerContext) -> Self {
-        Self { config, ctx }
-    }
-}
-
-/// Tells the consuming loop that a record finished (or was abandoned: then nothing).
-struct RecordAcker {
-    finished: mpsc::UnboundedSender<Finished>,
-    lane: Option<Lane>,
-}
-
-#[async_trait::async_trait]
-impl Acknowledge for RecordAcker {
-    async fn ack(&self, event: &Event, outcome: Outcome) {
-        let EventSource::Kafka { record } = &event.source else { return };
-        if outcome == Outcome::Abandoned {
-            // Not finished: its offset stays uncommitted and it is delivered again.
-            return;
-        }
-        let _ = self.finished.send(Finished {
-            partition: record.partition_id(),
-            offset: record.offset,
-            lane: self.lane.clone(),
-        });
-    }
-}
-
-/// The consuming loop's state.
-struct Consuming<'a> {
-    trigger: &'a KafkaTrigger,
-    consumer: &'a StreamConsumer<KafkaContext>,
-    sink: &'a EventSink,
-    offsets: Arc<Mutex<Offsets>>,
-    finished_tx: mpsc::UnboundedSender<Finished>,
-    /// Lanes with a record running, and the records waiting behind it.
-    lanes: HashMap<Lane, VecDeque<Record>>,
-    /// Records waiting per partition (held back by ordering).
-    waiting: HashMap<Partition, usize>,
-    paused: std::collections::HashSet<Partition>,
-    /// Records that arrived while the executor was full (before the pause took effect).
-    overflow: VecDeque<Record>,
-}
-
-/// Records held back per partition before it is paused (`ordering = "key"`).
-const HOLD_BACK: usize = 64;
-
-/// How long a record may wait for room in the executor before fetching is paused
-/// (well under librdkafka's `max.poll.interval.ms`, which is minutes by default).
-const PAUSE_AFTER: Duration = Duration::from_millis(200);
-
-impl Consuming<'_> {
-    fn lane_of(&self, record: &Record) -> Option<Lane> {
-        match self.trigger.config.ordering {
-            Ordering::None => None,
-            Ordering::Partition => Some((record.partition_id(), None)),
-            Ordering::Key => Some((record.partition_id(), Some(record.key.clone().unwrap_or_default()))),
-        }
-    }
-
-    /// A record from the broker: run it now, or hold it behind its lane.
-    async fn take(&mut self, record: Record) -> Result<(), super::SinkClosed> {
-        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).started(&record.partition_id(), record.offset);
-        let lane = self.lane_of(&record);
-        if let Some(lane) = &lane {
-            if let Some(queue) = self.lanes.get_mut(lane) {
-                let partition = record.partition_id();
-                queue.push_back(record);
-                let held = self.waiting.entry(partition.clone()).or_default();
-                *held += 1;
-                let limit = if self.trigger.config.ordering == Ordering::Partition { 1 } else { HOLD_BACK };
-                if *held >= limit {
-                    self.pause(&partition);
-                }
-                return Ok(());
-            }
-            self.lanes.insert(lane.clone(), VecDeque::new());
-        }
-        self.submit(record, lane).await
-    }
-
-    /// A record finished: commit bookkeeping, and the next record of its lane.
-    async fn finished(&mut self, done: Finished) -> Result<(), super::SinkClosed> {
-        self.offsets.lock().unwrap_or_else(|p| p.into_inner()).finished(&done.partition, done.offset);
-        let Some(lane) = done.lane else { return Ok(()) };
-        let next = self.lanes.get_mut(&lane).and_then(VecDeque::pop_front);
-        match next {
-            Some(record) => {
-                let partition = record.partition_id();
-                if let Some(held) = self.waiting.get_mut(&partition) {
-                    *held = held.saturating_sub(1);
-                    if *held == 0 {
-                        self.waiting.remove(&partition);
-                        self.resume(&partition);
-                    }
-                }
-                self.submit(record, Some(lane)).await
-            }
-            None => {
-                self.lanes.remove(&lane);
-                Ok(())
-            }
-        }
-    }
-
-    async fn submit(&mut self, record: Record, lane: Option<Lane>) -> Result<(), super::SinkClosed> {
-        let acker = Arc::new(RecordAcker { finished: self.finished_tx.clone(), lane });
-        let event = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            pipeline: self.trigger.ctx.pipeline.clone(),
-            source: EventSource::Kafka { record },
-            received_at: SystemTime::now(),
-            acker,
-        };
-        let (sink, consumer) = (self.sink, self.consumer);
-        let mut send = std::pin::pin!(sink.send(event));
-        // A queue full for a moment is normal (a fetched batch is larger than it); only
-        // an executor that stays full is worth pausing for — every pause makes
-        // librdkafka drop what it prefetched.
-        tokio::select! {
-            sent = &mut send => return sent,
-            _ = tokio::time::sleep(PAUSE_AFTER) => {}
-        }
-        // The executor is full: stop fetching, but keep polling (group membership,
-        // rebalances) until it takes the event.
-        let assignment = consumer.assignment().unwrap_or_default();
-        let _ = consumer.pause(&assignment);
-        tracing::debug!(pipeline = %self.trigger.ctx.pipeline, "executor full: fetching paused");
-        let result = loop {
-            tokio::select! {
-                sent = &mut send => break sent,
-                polled = consumer.recv() => if let Ok(message) = polled {
-                    // Fetched before the pause took effect: taken after this one.
-                    self.overflow.push_back(record_of(&message));
-                },
-            }
-        };
-        let mut resume = TopicPartitionList::new();
-        for element in assignment.elements() {
-            let partition = (element.topic().to_string(), element.partition());
-            if !self.paused.contains(&partition) {
-                let _ = resume.add_partition_offset(element.topic(), element.partition(), Offset::Invalid);
-            }
-        }
-        let _ = consumer.resume(&resume);
-        result
-    }
-
-    fn pause(&mut self, partition: &Partition) {
-        if self.paused.insert(partition.clone()) {
-            let mut list = TopicPartitionList::new();
-            let _ = list.add_partition_offset(&partition.0, partition.1, Offset::Invalid);
-            let _ = self.consumer.pause(&list);
-        }
-    }
-
-    fn resume(&mut self, partition: &Partition) {
-        if self.paused.remove(partition) {
-            let mut list = TopicPartitionList::new();
-            let _ = list.add_partition_offset(&partition.0, partition.1, Offset::Invalid);
-            let _ = self.consumer.resume(&list);
-        }
-    }
-
-    fn commit(&self) {
-        let commits = self.offsets.lock().unwrap_or_else(|p| p.into_inner()).take_commits();
-        if commits.is_empty() {
-            return;
-        }
-        let list = commit_list(&commits);
-        match self.consumer.commit(&list, CommitMode::Async) {
-            Ok(()) => {
-                tracing::debug!(pipeline = %self.trigger.ctx.pipeline, partitions = commits.len(), "offsets committed")
-            }
-            Err(e) => tracing::warn!(pipeline = %self.trigger.ctx.pipeline, error = %e, "commit failed; will retry"),
-        }
-    }
-}
-
-fn record_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    Record {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+        Self { config: Arc::new(config), ctx }
     }
 }
 
 #[async_trait::async_trait]
 impl Trigger for KafkaTrigger {
     async fn run(self: Arc<Self>, sink: EventSink, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let offsets = Arc::new(Mutex::new(Offsets::default()));
-        let context = KafkaContext { pipeline: self.ctx.pipeline.clone(), offsets: offsets.clone() };
-        let consumer: StreamConsumer<KafkaContext> = self
+        let pipeline = self.ctx.pipeline.clone();
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        // The engine's stop and the executor's drain reach the thread as wakes.
+        let helpers = [
+            tokio::spawn({
+                let (tx, shutdown) = (wake_tx.clone(), shutdown.clone());
+                async move {
+                    shutdown.cancelled().await;
+                    let _ = tx.send(Wake::Stop);
+                }
+            }),
+            tokio::spawn({
+                let (tx, sink) = (wake_tx.clone(), sink.clone());
+                async move {
+                    sink.drained().await;
+                    let _ = tx.send(Wake::Drained);
+                }
+            }),
+        ];
+        let state = consumer::State::new(pipeline.clone(), self.config.clone(), sink, (wake_tx.clone(), wake_rx));
+        let context = KafkaContext { pipeline: pipeline.clone(), state: Arc::new(Mutex::new(state)) };
+        let mut consumer: BaseConsumer<KafkaContext> = self
             .config
             .client_config()
             .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {}", self.config.brokers))?;
+        consumer.set_nonempty_callback(move || {
+            let _ = wake_tx.send(Wake::Messages);
+        });
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.config.topics.join(", ")))?;
-        tracing::info!(pipeline = %self.ctx.pipeline, brokers = %self.config.brokers, topics = ?self.config.topics,
+        tracing::info!(pipeline = %pipeline, brokers = %self.config.brokers, topics = ?self.config.topics,
             group = %self.config.group, ordering = ?self.config.ordering, "kafka trigger started");
-
-        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-        let mut loop_state = Consuming {
-            trigger: &self,
-            consumer: &consumer,
-            sink: &sink,
-            offsets,
-            finished_tx,
-            lanes: HashMap::new(),
-            waiting: HashMap::new(),
-            paused: Default::default(),
-            overflow: VecDeque::new(),
-        };
-        let mut commit_every = tokio::time::interval(self.config.commit_interval);
-        commit_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            if let Some(record) = loop_state.overflow.pop_front() {
-                if loop_state.take(record).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            let step = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = commit_every.tick() => { loop_state.commit(); Ok(()) }
-                Some(done) = finished_rx.recv() => loop_state.finished(done).await,
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        let record = record_of(&message);
-                        loop_state.take(record).await
-                    }
-                    Err(e) => {
-                        tracing::warn!(pipeline = %self.ctx.pipeline, error = %e, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ok(())
-                    }
-                },
-            };
-            if step.is_err() {
-                break;
-            }
-        }
-        // Stopping: no new records; the executor finishes what it has (within its grace
-        // period). Keep recording what finishes until it is gone, then commit once more.
-        let _ = consumer.pause(&consumer.assignment().unwrap_or_default());
-        loop {
-            tokio::select! {
-                _ = sink.drained() => break,
-                Some(done) = finished_rx.recv() => {
-                    loop_state.offsets.lock().unwrap_or_else(|p| p.into_inner()).finished(&done.partition, done.offset);
-                }
-                _ = consumer.recv() => {}
-            }
-        }
-        while let Ok(done) = finished_rx.try_recv() {
-            loop_state.offsets.lock().unwrap_or_else(|p| p.into_inner()).finished(&done.partition, done.offset);
-        }
-        let commits = loop_state.offsets.lock().unwrap_or_else(|p| p.into_inner()).take_commits();
-        if !commits.is_empty() {
-            if let Err(e) = consumer.commit(&commit_list(&commits), CommitMode::Sync) {
-                tracing::warn!(pipeline = %self.ctx.pipeline, error = %e, "final commit failed; uncommitted records will be delivered again");
-            }
-        }
-        tracing::info!(pipeline = %self.ctx.pipeline, "kafka trigger stopped");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("kafka-{pipeline}"))
+            .spawn(move || {
+                consumer::run(consumer);
+                let _ = done_tx.send(());
+            })
+            .context("starting the Kafka consumer thread")?;
+        let _ = done_rx.await;
+        helpers.iter().for_each(|h| h.abort());
         Ok(())
     }
 }

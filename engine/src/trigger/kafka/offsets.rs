@@ -1,16 +1,23 @@
 //! Commit-after-success bookkeeping: per partition, the offset that may be committed
-//! is the lowest one still unfinished — never past a record that is in flight, being
-//! retried, or was abandoned at shutdown — or one past the highest finished record when
-//! nothing is in flight. Finished means done or safely dead-lettered.
+//! is the lowest one not finished yet — never past a record that is in flight, being
+//! retried, or was abandoned at shutdown — or one past the highest finished record
+//! when nothing is in flight. Finished means done or safely dead-lettered.
+//!
+//! Records travel in chunks ([`super::chunk`]); a chunk's [`Progress`] says which of
+//! its records finished, so the commit advances record by record inside a chunk.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::chunk::Progress;
 
 /// A topic partition.
-pub type Partition = (String, i32);
+pub type Partition = (Arc<str>, i32);
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    in_flight: BTreeSet<i64>,
+    /// Chunks handed to the executor and not fully finished, in offset order.
+    chunks: VecDeque<Arc<Progress>>,
     highest_finished: Option<i64>,
     /// What was last handed out for committing.
     committed: Option<i64>,
@@ -18,11 +25,17 @@ struct PartitionState {
 
 impl PartitionState {
     /// Kafka commits the next offset to read.
-    fn committable(&self) -> Option<i64> {
-        match self.in_flight.first() {
-            Some(lowest) => Some(*lowest),
-            None => self.highest_finished.map(|h| h + 1),
+    fn committable(&mut self) -> Option<i64> {
+        while let Some(front) = self.chunks.front() {
+            match front.first_unfinished() {
+                Some(i) => return Some(front.offsets[i]),
+                None => {
+                    self.highest_finished = self.highest_finished.max(front.offsets.last().copied());
+                    self.chunks.pop_front();
+                }
+            }
         }
+        self.highest_finished.map(|h| h + 1)
     }
 }
 
@@ -33,23 +46,21 @@ pub struct Offsets {
 }
 
 impl Offsets {
-    /// A record was taken from the broker and handed to the executor.
-    pub fn started(&mut self, partition: &Partition, offset: i64) {
-        self.partitions.entry(partition.clone()).or_default().in_flight.insert(offset);
+    /// A chunk was handed to the executor.
+    pub fn started(&mut self, partition: &Partition, chunk: Arc<Progress>) {
+        self.partitions.entry(partition.clone()).or_default().chunks.push_back(chunk);
     }
 
-    /// A record's event finished (done, or its dead letter is written).
-    pub fn finished(&mut self, partition: &Partition, offset: i64) {
-        if let Some(state) = self.partitions.get_mut(partition) {
-            if state.in_flight.remove(&offset) {
-                state.highest_finished = state.highest_finished.max(Some(offset));
-            }
+    /// Chunks of `partition` whose events have not ended.
+    pub fn running(&self, partition: &Partition) -> usize {
+        self.partitions.get(partition).map_or(0, |s| s.chunks.iter().filter(|c| !c.ended()).count())
+    }
+
+    /// Marks every chunk of `partition` not started yet as revoked (the executor skips it).
+    pub fn revoke(&self, partition: &Partition) {
+        if let Some(state) = self.partitions.get(partition) {
+            state.chunks.iter().for_each(|c| c.revoke());
         }
-    }
-
-    /// Records of `partition` still in flight.
-    pub fn in_flight(&self, partition: &Partition) -> usize {
-        self.partitions.get(partition).map_or(0, |s| s.in_flight.len())
     }
 
     /// Offsets that advanced since the last call: (partition, next offset to read).
@@ -67,6 +78,26 @@ impl Offsets {
         commits
     }
 
+    /// Like [`Offsets::take_commits`], for one partition only.
+    pub fn take_commit(&mut self, partition: &Partition) -> Option<i64> {
+        let state = self.partitions.get_mut(partition)?;
+        let offset = state.committable()?;
+        if state.committed.is_some_and(|c| offset <= c) {
+            return None;
+        }
+        state.committed = Some(offset);
+        Some(offset)
+    }
+
+    /// A commit of `offset` did not reach the broker: hand it out again next time.
+    pub fn commit_failed(&mut self, partition: &Partition, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(partition) {
+            if state.committed == Some(offset) {
+                state.committed = None;
+            }
+        }
+    }
+
     /// Forgets a partition (revoked): records of it still in flight will be delivered
     /// again to whoever owns it now.
     pub fn forget(&mut self, partition: &Partition) {
@@ -79,37 +110,65 @@ mod tests {
     use super::*;
 
     fn p(n: i32) -> Partition {
-        ("photos".to_string(), n)
+        (Arc::from("photos"), n)
+    }
+
+    fn chunk(id: u64, offsets: std::ops::RangeInclusive<i64>) -> Arc<Progress> {
+        Arc::new(Progress::new(id, offsets.collect()))
     }
 
     #[test]
     fn a_commit_never_passes_an_unfinished_record() {
         let mut offsets = Offsets::default();
-        for o in 5..=8 {
-            offsets.started(&p(0), o);
-        }
+        let c = chunk(1, 5..=8);
+        offsets.started(&p(0), c.clone());
         assert_eq!(offsets.take_commits(), [(p(0), 5)], "nothing finished: the start position");
-        offsets.finished(&p(0), 7);
+        c.finish(2); // offset 7
         assert_eq!(offsets.take_commits(), [], "7 finished before 5: the commit stays at 5");
-        offsets.finished(&p(0), 5);
+        c.finish(0);
         assert_eq!(offsets.take_commits(), [(p(0), 6)]);
-        offsets.finished(&p(0), 6);
+        c.finish(1);
         assert_eq!(offsets.take_commits(), [(p(0), 8)], "5, 6 and 7 done: 8 is next");
-        offsets.finished(&p(0), 8);
+        c.finish(3);
         assert_eq!(offsets.take_commits(), [(p(0), 9)]);
         assert_eq!(offsets.take_commits(), [], "nothing new");
+        offsets.commit_failed(&p(0), 9);
+        assert_eq!(offsets.take_commits(), [(p(0), 9)], "a failed commit is handed out again");
+    }
+
+    #[test]
+    fn chunks_of_a_partition_commit_in_order() {
+        let mut offsets = Offsets::default();
+        let (first, second) = (chunk(1, 0..=2), chunk(2, 3..=5));
+        offsets.started(&p(0), first.clone());
+        offsets.started(&p(0), second.clone());
+        (0..3).for_each(|i| second.finish(i));
+        assert_eq!(offsets.take_commits(), [(p(0), 0)], "the later chunk finished first: still 0");
+        (0..3).for_each(|i| first.finish(i));
+        assert_eq!(offsets.take_commits(), [(p(0), 6)]);
+        // Gaps (compacted topics) are fine: the next chunk starts wherever it starts.
+        let gappy = Arc::new(Progress::new(3, vec![10, 14].into()));
+        offsets.started(&p(0), gappy.clone());
+        assert_eq!(offsets.take_commits(), [(p(0), 10)], "nothing lies between 6 and 10");
+        gappy.finish(1);
+        assert_eq!(offsets.take_commits(), [], "10 not finished");
+        gappy.finish(0);
+        assert_eq!(offsets.take_commits(), [(p(0), 15)]);
     }
 
     #[test]
     fn partitions_advance_independently_and_revoked_ones_are_forgotten() {
         let mut offsets = Offsets::default();
-        offsets.started(&p(0), 10);
-        offsets.started(&p(1), 3);
-        offsets.finished(&p(1), 3);
+        let (a, b) = (chunk(1, 10..=10), chunk(2, 3..=3));
+        offsets.started(&p(0), a.clone());
+        offsets.started(&p(1), b.clone());
+        b.finish(0);
         assert_eq!(offsets.take_commits(), [(p(0), 10), (p(1), 4)]);
-        assert_eq!(offsets.in_flight(&p(0)), 1);
+        assert_eq!(offsets.running(&p(0)), 1);
+        offsets.revoke(&p(0));
+        assert!(a.is_revoked());
         offsets.forget(&p(0));
-        offsets.finished(&p(0), 10);
-        assert_eq!(offsets.take_commits(), [], "a late ack of a revoked partition commits nothing");
+        a.finish(0);
+        assert_eq!(offsets.take_commits(), [], "a late finish of a revoked partition commits nothing");
     }
 }

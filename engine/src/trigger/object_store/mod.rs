@@ -191,7 +191,7 @@ impl RawConfig {
     }
 }
 
-fn compile_globs(globs: &[Spanned<String>], report: &mut Reporter<'_>) -> Option<Option<GlobSet>> {
+pub(crate) fn compile_globs(globs: &[Spanned<String>], report: &mut Reporter<'_>) -> Option<Option<GlobSet>> {
     if globs.is_empty() {
         return Some(None);
     }
@@ -232,6 +232,10 @@ pub struct KeyFilter {
 }
 
 impl KeyFilter {
+    pub(crate) fn new(prefix: String, include: Option<GlobSet>, exclude: Option<GlobSet>) -> Self {
+        Self { prefix, include, exclude }
+    }
+
     /// True if `key` is under the prefix, included, not excluded, and no segment is
     /// hidden (`.name`: editor and rsync temp files, weir's own state directory).
     pub fn matches(&self, key: &str) -> bool {
