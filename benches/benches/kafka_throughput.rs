@@ -160,8 +160,9 @@ async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str
         format!(
             "name = \"bench\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{servers}\"\ntopics = [\"{TOPIC}\"]\n\
              group = \"{group}\"\nstart = \"earliest\"\nordering = \"none\"\n{extra}\
-             [trigger.librdkafka]\n\"group.protocol\" = \"consumer\"\n\
-             [limits]\nconcurrency = 64\n[[step]]\nname = \"nothing\"\nfunction = \"bench.noop\"\n"
+             [trigger.librdkafka]\n\"group.protocol\" = \"consumer\"\n{}\n\
+             [limits]\nconcurrency = 64\n[[step]]\nname = \"nothing\"\nfunction = \"bench.noop\"\n",
+            std::env::var("KAFKA_BENCH_LIBRDKAFKA").unwrap_or_default()
         ),
     )
     .expect("pipeline file");
@@ -172,6 +173,7 @@ async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str
     let engine = Engine::new(registry).state_dir(dir.path().join("state"));
     let running = engine.start(engine.load(&[file]).expect("pipeline")).await.expect("engine");
     let stats = Arc::clone(&running.pipeline("bench").expect("pipeline").executor);
+    let queue = Arc::clone(&running.pipeline("bench").expect("pipeline").queue);
     let done = || stats.records_done.load(Ordering::Relaxed);
     while done() == 0 {
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -182,7 +184,13 @@ async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = first.elapsed();
-    eprintln!("weir: {:.2} s of CPU over {:.2} s", cpu_seconds() - cpu, took.as_secs_f64());
+    eprintln!(
+        "weir: {:.2} s of CPU over {:.2} s; fetching paused {} times, at most {} records held",
+        cpu_seconds() - cpu,
+        took.as_secs_f64(),
+        queue.pauses.load(Ordering::Relaxed),
+        queue.held_high_water.load(Ordering::Relaxed)
+    );
     running.stop().await.expect("stop");
     (took, committed(servers, &group, partitions))
 }

@@ -7,62 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::kafka::Broker;
 use common::{registry_with_probe, wait_for, Probe, Sandbox};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weir_engine::{Engine, RunningEngine};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Broker {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    producer: FutureProducer,
-}
-
-impl Broker {
-    fn new(topic: &str, partitions: i32) -> Self {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(topic, partitions, 1).unwrap();
-        let producer: FutureProducer =
-            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
-        Self { cluster, producer }
-    }
-
-    fn servers(&self) -> String {
-        self.cluster.bootstrap_servers()
-    }
-
-    /// Produces `payloads` to one partition, in order.
-    async fn produce(&self, topic: &str, partition: i32, payloads: impl IntoIterator<Item = String>) {
-        for payload in payloads {
-            self.produce_keyed(topic, partition, "k", &payload).await;
-        }
-    }
-
-    async fn produce_keyed(&self, topic: &str, partition: i32, key: &str, payload: &str) {
-        let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
-        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-    }
-
-    /// The group's committed offset of each partition (-1001: none).
-    fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", self.servers()).set("group.id", group).create().unwrap();
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition(topic, p);
-        }
-        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-        (0..partitions)
-            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1001,
-            })
-            .collect()
-    }
-}
 
 fn pipeline(servers: &str, ordering: &str, probe: &str) -> String {
     pipeline_with(servers, ordering, "", "concurrency = 8", probe)
@@ -216,6 +165,49 @@ async fn a_full_executor_pauses_fetching_without_leaving_the_group() {
     assert_eq!(counts.len(), 6);
     assert!(counts.values().all(|&n| n == 1), "records ran twice (the consumer left its group): {counts:?}");
     assert_eq!(broker.committed("weir-test", "uploads", 2), [3, 3]);
+}
+
+/// A slow function and a long backlog: the consumer pauses partitions instead of taking
+/// the backlog into memory, and resumes them as records finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_left_in_the_broker_while_the_executor_is_busy() {
+    let broker = Broker::new("uploads", 2);
+    let sandbox = Sandbox::new();
+    for p in 0..2 {
+        broker.produce("uploads", p, (0..5000).map(|i| format!("r{i}"))).await;
+    }
+    let text = pipeline_with(&broker.servers(), "none", "", "concurrency = 2\nqueue = 1", "sleep_ms = 1");
+    let (running, probe) = start(&sandbox, &text).await;
+    wait_for(WAIT, "10,000 records", || probe.calls() >= 10_000).await;
+    let queue = running.pipeline("records").unwrap().queue.clone();
+    running.stop().await.unwrap();
+    let held = queue.held_high_water.load(std::sync::atomic::Ordering::SeqCst);
+    let pauses = queue.pauses.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("held at most {held} records, paused {pauses} times");
+    assert!(pauses > 0, "fetching was never paused");
+    // Two chunks' worth per partition at most, whatever librdkafka prefetched.
+    assert!(held <= 2 * 2 * 500, "{held} records held in memory at once (of 10,000)");
+    assert_eq!(broker.committed("weir-test", "uploads", 2), [5000, 5000]);
+}
+
+/// One partition, in order, behind a slow chunk: what librdkafka fetches beyond what a
+/// partition may hold is let go and fetched again later — each record still runs once,
+/// in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_let_go_behind_a_slow_chunk_are_fetched_again_in_order() {
+    let broker = Broker::new("uploads", 1);
+    let sandbox = Sandbox::new();
+    broker.produce("uploads", 0, (0..4000).map(|i| format!("r{i}"))).await;
+    // Offset 10 takes a second: 4,000 records arrive while its chunk runs.
+    let text = pipeline(&broker.servers(), "partition", "slow_keys_ending = \"/0/10\"\nslow_ms = 1000");
+    let (running, probe) = start(&sandbox, &text).await;
+    wait_for(WAIT, "4,000 records", || probe.calls() >= 4000).await;
+    let queue = running.pipeline("records").unwrap().queue.clone();
+    running.stop().await.unwrap();
+    assert!(queue.refetches.load(std::sync::atomic::Ordering::SeqCst) > 0, "nothing was let go");
+    let offsets: Vec<i64> = seen(&probe).iter().map(|k| k.rsplit('/').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(offsets, (0..4000).collect::<Vec<_>>(), "each record once, in order");
+    assert_eq!(broker.committed("weir-test", "uploads", 1), [4000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +403,53 @@ async fn scale_out_two_processes_one_killed_loses_nothing() {
         done_b.len(),
         twice.len()
     );
+}
+
+/// A member joining takes a partition from one that is busy with it: the revoke waits
+/// (up to `rebalance_grace`) for the records in flight, commits them, and only then
+/// hands the partition over — so nothing runs twice. Without the wait the new owner
+/// would start from the last commit and run the in-flight records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_finishes_its_records_in_flight_before_the_hand_over() {
+    let broker = Broker::new("uploads", 2);
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    for p in 0..2 {
+        broker.produce("uploads", p, (0..3).map(|i| format!("first-{i}"))).await;
+    }
+    let text = pipeline(&broker.servers(), "partition", "sleep_ms = 700")
+        .replace("commit_interval = \"100ms\"", "commit_interval = \"100ms\"\nrebalance_grace = \"20s\"");
+    let (first, probe_a) = start(&a, &text).await;
+    wait_for(WAIT, "the first member busy on both partitions", || {
+        probe_a.running.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    let (second, probe_b) = start(&b, &text).await;
+    // Records produced from now on go to whichever member owns their partition.
+    let mut produced = 6;
+    let started = std::time::Instant::now();
+    while seen(&probe_b).is_empty() {
+        assert!(started.elapsed() < WAIT, "the second member never got a partition");
+        for p in 0..2 {
+            broker.produce("uploads", p, [format!("later-{produced}")]).await;
+            produced += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = || {
+        let mut all = seen(&probe_a);
+        all.extend(seen(&probe_b));
+        all.sort();
+        all.dedup();
+        all.len()
+    };
+    wait_for(WAIT, "every record", || total() >= produced).await;
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+    let mut counts = probe_a.key_counts();
+    for (key, n) in probe_b.key_counts() {
+        *counts.entry(key).or_default() += n;
+    }
+    assert_eq!(counts.len(), produced);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "records run twice across the hand-over: {twice:?}");
 }

@@ -7,8 +7,10 @@ use tokio::sync::Semaphore;
 use weir_functions::Registry;
 
 use super::StateArgs;
-use crate::executor::dead_letter;
-use crate::state::ObjectStatus;
+use crate::executor::dead_letter::{self, DeadLetter, DeadLetterTarget};
+use crate::executor::PipelineRuntime;
+use crate::state::{Ledger, ObjectStatus};
+use crate::trigger::kafka::dead_letter::DeadLetterTopic;
 use crate::trigger::EventSource;
 use crate::Engine;
 
@@ -41,13 +43,16 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
     let pipeline = engine.load(std::slice::from_ref(path)).map_err(|d| anyhow::anyhow!("{d}"))?.remove(0);
     let ledger = engine.ledger()?;
     let runtime = engine.runtime(pipeline, &ledger, Arc::new(Semaphore::new(engine.global_concurrency)))?;
+    if let DeadLetterTarget::Topic(topic) = &runtime.dead_letters {
+        return from_topic(&runtime, topic, &ledger, only).await;
+    }
     let bucket = engine.stores.resolve(&runtime.dead_letter_url)?;
     let records = dead_letter::list(&bucket, &runtime.name);
     futures::pin_mut!(records);
     let mut failed = 0;
     let mut count = 0;
     if only.is_none() {
-        println!("{:<38} {:<24} {:<10} {:>3}  {:<40} ERROR", "ID", "FAILED_AT", "STEP", "TRY", "SOURCE");
+        print_header();
     }
     while let Some(record) = records.next().await {
         let (key, mut record) = match record {
@@ -58,17 +63,7 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
             }
         };
         match &only {
-            None => {
-                let error: String = record.error.chars().take(100).collect();
-                println!(
-                    "{:<38} {:<24} {:<10} {:>3}  {:<40} {error}",
-                    record.id,
-                    record.failed_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                    record.step,
-                    record.attempts,
-                    record.event.describe()
-                );
-            }
+            None => print_row(&record),
             Some(Some(id)) if *id != record.id => continue,
             Some(_) => match runtime.execute(&record.id, &record.event).await {
                 Ok(_) => {
@@ -89,6 +84,82 @@ pub async fn run(command: Command, registry: Registry) -> anyhow::Result<ExitCod
                     println!("failed again: {} ({}): {}", record.id, record.event.describe(), record.error);
                 }
             },
+        }
+        count += 1;
+    }
+    if only.is_some() {
+        println!("{count} record(s) re-driven, {failed} failed again");
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn print_header() {
+    println!("{:<38} {:<24} {:<10} {:>3}  {:<40} ERROR", "ID", "FAILED_AT", "STEP", "TRY", "SOURCE");
+}
+
+fn print_row(record: &DeadLetter) {
+    let error: String = record.error.chars().take(100).collect();
+    println!(
+        "{:<38} {:<24} {:<10} {:>3}  {:<40} {error}",
+        record.id,
+        record.failed_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        record.step,
+        record.attempts,
+        record.event.describe()
+    );
+}
+
+/// A dead-letter topic: records cannot be removed from it, so the ledger remembers
+/// which ones were re-driven (by topic position), and `list` shows only the others. A
+/// record that fails again is produced to the topic anew (redrives + 1).
+async fn from_topic(
+    runtime: &PipelineRuntime,
+    topic: &DeadLetterTopic,
+    ledger: &Ledger,
+    only: Option<Option<String>>,
+) -> anyhow::Result<ExitCode> {
+    let url = format!("{}{}", crate::trigger::kafka::dead_letter::SCHEME, topic.topic);
+    let letters = topic.read_all().await.map_err(anyhow::Error::msg)?;
+    if only.is_none() {
+        print_header();
+    }
+    let (mut count, mut failed) = (0, 0);
+    for (position, letter) in letters {
+        let mut letter = match letter {
+            Ok(letter) => letter,
+            Err(e) => {
+                eprintln!("skipping {position}: not a weir dead letter: {e}");
+                continue;
+            }
+        };
+        if letter.pipeline != *runtime.name || ledger.object_seen(&runtime.name, &url, &position, &letter.id).await? {
+            continue;
+        }
+        match &only {
+            None => print_row(&letter),
+            Some(Some(id)) if *id != letter.id => continue,
+            Some(_) => {
+                match runtime.execute(&letter.id, &letter.event).await {
+                    Ok(_) => println!("redriven: {} ({})", letter.id, letter.event.describe()),
+                    Err(failure) => {
+                        failed += 1;
+                        letter.redrives += 1;
+                        letter.error = failure.error.chain();
+                        letter.step = failure.step;
+                        letter.attempts = failure.attempts;
+                        letter.failed_at = chrono::Utc::now();
+                        let at = topic.write(&letter).await?;
+                        println!(
+                            "failed again: {} ({}): {} (now at {at})",
+                            letter.id,
+                            letter.event.describe(),
+                            letter.error
+                        );
+                    }
+                }
+                // Handled either way: redriven, or superseded by the record written anew.
+                ledger.record_object(&runtime.name, &url, &position, &letter.id, ObjectStatus::Done).await?;
+            }
         }
         count += 1;
     }

@@ -117,6 +117,15 @@ pub struct QueueStats {
     /// Most events ever waiting in the queue at once.
     pub high_water: AtomicUsize,
     pub submitted: AtomicU64,
+    /// Records a trigger took from its source and holds, not yet queued (Kafka: the
+    /// records waiting behind a partition's chunk in flight): the most ever at once.
+    pub held_high_water: AtomicUsize,
+    /// How often the trigger paused its source (Kafka partitions) because the
+    /// executor was full or too much was held.
+    pub pauses: AtomicU64,
+    /// How often records already fetched were let go, to be fetched again later,
+    /// because a partition held all it may (Kafka).
+    pub refetches: AtomicU64,
     /// Cancelled once the executor has stopped and finished (or abandoned) its
     /// in-flight events: no acknowledgement comes after it.
     pub drained: CancellationToken,
@@ -164,6 +173,11 @@ impl EventSink {
         let queued = self.tx.max_capacity() - self.tx.capacity();
         self.stats.high_water.fetch_max(queued, Ordering::Relaxed);
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The queue's counters, for triggers that report into them.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
     }
 
     /// Returns once the executor behind this sink has stopped and drained.

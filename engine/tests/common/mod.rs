@@ -2,6 +2,7 @@
 //! what the executor does, pipeline files in temp directories, and polling waits.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct Probe {
     pub order: Mutex<Vec<String>>,
     /// The trigger events (Lambda shape) the calls were given, in call order.
     pub events: Mutex<Vec<weir_functions::TriggerEvent>>,
+    /// For batch calls: the keys of each batch, in call order.
+    pub batches: Mutex<Vec<Vec<String>>>,
 }
 
 impl Probe {
@@ -68,6 +71,12 @@ struct TestParams {
     fail_keys_containing: Option<String>,
     #[serde(default)]
     label: String,
+    /// Batches: items whose key contains this fail permanently (a partial batch failure).
+    #[serde(default)]
+    batch_fail_containing: Option<String>,
+    /// Batches: items whose key contains this fail retryably the first time they are seen.
+    #[serde(default)]
+    batch_flaky_containing: Option<String>,
 }
 fn one() -> usize {
     1
@@ -83,6 +92,11 @@ struct TestFunction {
 impl Function for TestFunction {
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let p = &self.probe;
+        if let Payload::Collection(items) = &item.payload {
+            if self.params.batch_fail_containing.is_some() || self.params.batch_flaky_containing.is_some() {
+                return self.batch(items, ctx);
+            }
+        }
         if let Some(key) = &item.meta.key {
             *p.keys.lock().unwrap().entry(key.clone()).or_default() += 1;
             p.order.lock().unwrap().push(key.clone());
@@ -136,6 +150,45 @@ impl Function for TestFunction {
                 out
             })
             .collect())
+    }
+}
+
+impl TestFunction {
+    /// A batch (Kafka `batch_size`): records every item, and reports the ones marked to
+    /// fail as a partial batch failure; the rest pass through.
+    fn batch(&self, items: &[Item], ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+        let p = &self.probe;
+        p.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(event) = ctx.event() {
+            p.events.lock().unwrap().push(event.clone());
+        }
+        let keys: Vec<String> = items.iter().map(|i| i.meta.key.clone().unwrap_or_default()).collect();
+        p.batches.lock().unwrap().push(keys.clone());
+        let marked = |mark: &Option<String>, key: &str| mark.as_ref().is_some_and(|m| key.contains(m.as_str()));
+        let (mut outputs, mut failures) = (Vec::new(), Vec::new());
+        for (index, (item, key)) in items.iter().zip(&keys).enumerate() {
+            *p.keys.lock().unwrap().entry(key.clone()).or_default() += 1;
+            p.order.lock().unwrap().push(key.clone());
+            if marked(&self.params.batch_fail_containing, key) {
+                failures.push((index, FunctionError::permanent(format!("{key} is rotten"))));
+                continue;
+            }
+            if marked(&self.params.batch_flaky_containing, key) {
+                let mut seen = self.failures.lock().unwrap();
+                let tries = seen.entry(key.clone()).or_insert(0);
+                *tries += 1;
+                if *tries == 1 {
+                    failures.push((index, FunctionError::retryable(format!("{key}: flaky"))));
+                    continue;
+                }
+            }
+            outputs.push(item.clone());
+        }
+        if failures.is_empty() {
+            Ok(outputs)
+        } else {
+            Err(FunctionError::partial_batch(outputs, failures))
+        }
     }
 }
 

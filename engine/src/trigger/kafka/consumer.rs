@@ -26,7 +26,8 @@ use crate::trigger::{Event, EventSink, EventSource};
 
 /// Messages taken per poll round before chunks are handed over.
 const POLL_BUDGET: usize = 2_000;
-/// Records (or bytes) held for one partition before it is paused.
+/// Records (or bytes) held for one partition before it is paused (a batch holds more);
+/// past twice that, records are let go and fetched again later (see [`State::take`]).
 const HOLD_BACK: usize = chunk::MAX_RECORDS;
 const HOLD_BACK_BYTES: usize = chunk::MAX_BYTES;
 /// How long the executor's queue may stay full before fetching is paused: a queue
@@ -47,6 +48,27 @@ struct Lane {
     /// With ordering, the chunk in flight: the next one waits for it.
     running: Option<u64>,
     paused: bool,
+    /// Records were let go from this offset on: fetch again from it.
+    rewind: Option<i64>,
+    /// After a rewind, the offset the partition must start again with; what comes
+    /// before it (records librdkafka had queued already) is dropped.
+    awaiting: Option<i64>,
+    /// The last offset taken: a record at or before it is one fetched twice.
+    last_taken: Option<i64>,
+}
+
+impl Lane {
+    /// Whether `offset` continues the partition where it left off.
+    fn continues(&mut self, offset: i64) -> bool {
+        match self.awaiting {
+            Some(expected) if offset != expected => false,
+            Some(_) => {
+                self.awaiting = None;
+                true
+            }
+            None => self.last_taken.is_none_or(|last| offset > last),
+        }
+    }
 }
 
 /// Everything the consumer thread and librdkafka's callbacks share. Callbacks run on
@@ -100,6 +122,11 @@ impl State {
         self.config.ordering != Ordering::None
     }
 
+    /// Most records held for one partition: a chunk's worth, or a whole batch.
+    fn hold_back(&self) -> usize {
+        self.config.batch.map_or(HOLD_BACK, |b| b.size.max(HOLD_BACK))
+    }
+
     fn handle(&mut self, wake: Wake) {
         match wake {
             Wake::Messages => {}
@@ -151,91 +178,127 @@ impl State {
         until.saturating_duration_since(now)
     }
 
-    /// Records from one poll round, to the open chunks of their partitions.
+    /// Records from one poll round, to the open chunks of their partitions. A partition
+    /// already holding all it may is not given more: the rest are let go, and fetched
+    /// again from the first of them once it has room (it is paused meanwhile), so
+    /// what weir holds stays bounded however much librdkafka had prefetched.
     fn take(&mut self, records: impl Iterator<Item = Record>) {
         let now = Instant::now();
+        let hold_back = self.hold_back();
         for record in records {
+            let partition = record.partition_id();
+            let lane = self.lanes.entry(partition.clone()).or_default();
+            if lane.rewind.is_some() || !lane.continues(record.offset) {
+                continue;
+            }
+            let over = |lane: &Lane| lane.open.len() >= 2 * hold_back || lane.open_bytes >= 2 * HOLD_BACK_BYTES;
+            if over(lane) {
+                // Full chunks go first, if the executor has room for them.
+                self.dispatch_lane(&partition, false);
+            }
+            let Some(lane) = self.lanes.get_mut(&partition) else { continue };
+            if over(lane) {
+                lane.rewind = Some(record.offset);
+                lane.awaiting = Some(record.offset);
+                continue;
+            }
+            lane.last_taken = Some(record.offset);
             self.records_taken += 1;
-            let lane = self.lanes.entry(record.partition_id()).or_default();
             lane.since.get_or_insert(now);
             lane.open_bytes += record.value.len();
             lane.open.push_back(record);
         }
+        let held = self.lanes.values().map(|l| l.open.len()).sum();
+        self.sink.stats().held_high_water.fetch_max(held, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hands over every chunk that is ready and has room in the executor's queue.
     /// `quiet`: the last poll found nothing more, so partial chunks go now.
     fn dispatch(&mut self, quiet: bool) {
+        let partitions: Vec<Partition> = self.lanes.keys().cloned().collect();
+        for partition in partitions {
+            if !self.dispatch_lane(&partition, quiet) {
+                return;
+            }
+        }
+    }
+
+    /// Hands over `partition`'s ready chunks; false when the executor's queue is full
+    /// (or gone), so that no other lane need try.
+    fn dispatch_lane(&mut self, partition: &Partition, quiet: bool) -> bool {
         let ordered = self.ordered();
         let (max_records, window) = match &self.config.batch {
             Some(batch) => (batch.size, Some(batch.window)),
             None => (chunk::MAX_RECORDS, None),
         };
         let now = Instant::now();
-        let partitions: Vec<Partition> = self.lanes.keys().cloned().collect();
-        for partition in partitions {
-            while let Some(lane) = self.lanes.get_mut(&partition) {
-                if lane.open.is_empty() || (ordered && lane.running.is_some()) {
+        while let Some(lane) = self.lanes.get_mut(partition) {
+            if lane.open.is_empty() || (ordered && lane.running.is_some()) {
+                break;
+            }
+            let full = lane.open.len() >= max_records || lane.open_bytes >= chunk::MAX_BYTES;
+            let due = match (window, lane.since) {
+                (Some(window), Some(since)) => now >= since + window,
+                (Some(_), None) => false,
+                (None, _) => quiet,
+            };
+            if !(full || due) {
+                break;
+            }
+            if !self.sink.has_room() {
+                self.full_since.get_or_insert(now);
+                return false;
+            }
+            self.full_since = None;
+            let mut records = Vec::with_capacity(lane.open.len().min(max_records));
+            let mut bytes = 0;
+            while let Some(record) = lane.open.front() {
+                if records.len() >= max_records
+                    || (!records.is_empty() && bytes + record.value.len() > chunk::MAX_BYTES)
+                {
                     break;
                 }
-                let full = lane.open.len() >= max_records || lane.open_bytes >= chunk::MAX_BYTES;
-                let due = match (window, lane.since) {
-                    (Some(window), Some(since)) => now >= since + window,
-                    (Some(_), None) => false,
-                    (None, _) => quiet,
-                };
-                if !(full || due) {
-                    break;
-                }
-                if !self.sink.has_room() {
-                    self.full_since.get_or_insert(now);
-                    return;
-                }
-                self.full_since = None;
-                let mut records = Vec::with_capacity(lane.open.len().min(max_records));
-                let mut bytes = 0;
-                while let Some(record) = lane.open.front() {
-                    if records.len() >= max_records
-                        || (!records.is_empty() && bytes + record.value.len() > chunk::MAX_BYTES)
-                    {
-                        break;
-                    }
-                    bytes += record.value.len();
-                    records.extend(lane.open.pop_front());
-                }
-                lane.open_bytes -= bytes;
-                lane.since = if lane.open.is_empty() { None } else { Some(now) };
-                self.next_id += 1;
-                let id = self.next_id;
-                if ordered {
-                    lane.running = Some(id);
-                }
-                let progress = Arc::new(Progress::new(id, records.iter().map(|r| r.offset).collect()));
-                self.offsets.started(&partition, progress.clone());
-                let event = Event {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    pipeline: self.pipeline.clone(),
-                    source: EventSource::KafkaChunk { records: records.into() },
-                    received_at: SystemTime::now(),
-                    acker: Arc::new(ChunkAcker { progress, partition: partition.clone(), wake: self.wake_tx.clone() }),
-                };
-                if self.sink.try_send(event).is_err() {
-                    // The executor is gone: we are stopping.
-                    self.stopping = true;
-                    return;
-                }
+                bytes += record.value.len();
+                records.extend(lane.open.pop_front());
+            }
+            lane.open_bytes -= bytes;
+            lane.since = if lane.open.is_empty() { None } else { Some(now) };
+            self.next_id += 1;
+            let id = self.next_id;
+            if ordered {
+                lane.running = Some(id);
+            }
+            let progress = Arc::new(Progress::new(id, records.iter().map(|r| r.offset).collect()));
+            self.offsets.started(partition, progress.clone());
+            let event = Event {
+                id: uuid::Uuid::now_v7().to_string(),
+                pipeline: self.pipeline.clone(),
+                source: EventSource::KafkaChunk { records: records.into() },
+                received_at: SystemTime::now(),
+                acker: Arc::new(ChunkAcker { progress, partition: partition.clone(), wake: self.wake_tx.clone() }),
+            };
+            if self.sink.try_send(event).is_err() {
+                // The executor is gone: we are stopping.
+                self.stopping = true;
+                return false;
             }
         }
+        true
     }
 
     /// Pauses partitions that hold too much or whose records cannot be handed over, and
     /// resumes the rest. The consumer keeps polling either way.
     fn reconcile_pauses(&mut self, consumer: &BaseConsumer<KafkaContext>) {
         let executor_full = self.stopping || self.full_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER);
+        let hold_back = self.hold_back();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
+        let mut rewinds = Vec::new();
         for ((topic, partition), lane) in &mut self.lanes {
-            let want = executor_full || lane.open.len() >= HOLD_BACK || lane.open_bytes >= HOLD_BACK_BYTES;
+            if let Some(offset) = lane.rewind.take() {
+                rewinds.push((topic.clone(), *partition, offset));
+            }
+            let want = executor_full || lane.open.len() >= hold_back || lane.open_bytes >= HOLD_BACK_BYTES;
             if want != lane.paused {
                 lane.paused = want;
                 let list = if want { &mut pause } else { &mut resume };
@@ -243,9 +306,17 @@ impl State {
             }
         }
         if pause.count() > 0 {
+            self.sink.stats().pauses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(pipeline = %self.pipeline, partitions = pause.count(), executor_full, "fetching paused");
             if let Err(e) = consumer.pause(&pause) {
                 tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot pause partitions");
+            }
+        }
+        for (topic, partition, offset) in rewinds {
+            self.sink.stats().refetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Paused above: fetching starts again from here once it is resumed.
+            if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::ZERO) {
+                tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot rewind {topic}/{partition} to {offset}");
             }
         }
         if resume.count() > 0 {
@@ -318,6 +389,34 @@ impl State {
                 "grace period over: records still running on revoked partitions will be delivered again");
         }
         tracing::info!(pipeline = %self.pipeline, partitions = partitions.len(), "partitions revoked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offers `offset` to the lane as `State::take` does; true if it was taken.
+    fn offer(lane: &mut Lane, offset: i64) -> bool {
+        let taken = lane.continues(offset);
+        if taken {
+            lane.last_taken = Some(offset);
+        }
+        taken
+    }
+
+    #[test]
+    fn a_rewound_partition_starts_again_exactly_where_it_was_let_go() {
+        let mut lane = Lane::default();
+        assert!(offer(&mut lane, 10));
+        assert!(!offer(&mut lane, 10), "fetched twice");
+        assert!(offer(&mut lane, 12), "gaps (compaction) are fine");
+        // 13 and after were let go: only 13 may start the partition again.
+        lane.awaiting = Some(13);
+        assert!(!offer(&mut lane, 15), "queued before the rewind: dropped");
+        assert!(offer(&mut lane, 13));
+        assert!(offer(&mut lane, 14));
+        assert!(!offer(&mut lane, 13), "the re-fetch of what was taken already");
     }
 }
 

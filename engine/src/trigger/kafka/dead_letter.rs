@@ -118,7 +118,11 @@ fn read_topic(topic: &str, config: &KafkaConfig) -> Result<Letters, String> {
     for (key, value) in config.librdkafka.iter().filter(|(k, _)| shared_option(k)) {
         client.set(key, value);
     }
-    client.set("bootstrap.servers", &config.brokers).set("enable.auto.commit", "false");
+    // Assigning partitions needs a group id; nothing is ever committed under it.
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{}.dead-letter-reader", config.group))
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = client.create().map_err(|e| format!("creating a Kafka consumer: {e}"))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
