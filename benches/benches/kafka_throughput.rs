@@ -10,6 +10,9 @@
 //! Run: `cargo bench -p weir-benches --bench kafka_throughput`
 //! (`KAFKA_BENCH_RECORDS`, `KAFKA_BENCH_PARTITIONS`, `KAFKA_BENCH_ROUNDS` to change the
 //! defaults: 1,000,000 records of 100 bytes over 32 partitions, 2 rounds.)
+//!
+//! `KAFKA_BENCH_BROKERS=host:port` runs the same against a real broker instead (a topic
+//! of its own is created; `benches/kafka-e2e.sh` does this with tansu).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +29,12 @@ use weir_functions::{BuildError, Context, Function, FunctionError, FunctionSpec,
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const TOPIC: &str = "bench";
+/// The topic read: `bench` on the mock cluster, a fresh one on a real broker.
+static TOPIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn topic() -> &'static str {
+    TOPIC.get().map(String::as_str).unwrap_or("bench")
+}
 
 struct NoOp;
 
@@ -46,9 +54,19 @@ async fn main() {
     let records = setting("KAFKA_BENCH_RECORDS", 1_000_000);
     let partitions = setting("KAFKA_BENCH_PARTITIONS", 32) as i32;
     let rounds = setting("KAFKA_BENCH_ROUNDS", 2);
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, partitions, 1).expect("topic");
-    let servers = cluster.bootstrap_servers();
+    let (servers, _cluster, broker) = match std::env::var("KAFKA_BENCH_BROKERS") {
+        Ok(brokers) => {
+            let name = format!("bench-{}", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis());
+            create_topic(&brokers, &name, partitions).await;
+            let _ = TOPIC.set(name);
+            (brokers.clone(), None, format!("broker at {brokers}"))
+        }
+        Err(_) => {
+            let cluster = MockCluster::new(1).expect("mock cluster");
+            cluster.create_topic(topic(), partitions, 1).expect("topic");
+            (cluster.bootstrap_servers(), Some(cluster), "rdkafka mock cluster, loopback".to_string())
+        }
+    };
     produce(&servers, records, partitions);
 
     // `KAFKA_BENCH_ONLY=weir` leaves the raw consumers out (for profiling).
@@ -69,7 +87,7 @@ async fn main() {
     }
     let rate = |d: Duration| records as f64 / d.as_secs_f64();
     println!(
-        "\nKafka consumption, {records} records × 100 B over {partitions} partitions (rdkafka mock cluster, loopback)"
+        "\nKafka consumption, {records} records × 100 B over {partitions} partitions ({broker})"
     );
     println!("| consumer | time | records/s |");
     println!("|---|---|---|");
@@ -83,13 +101,32 @@ async fn main() {
     println!("best raw {raw:.0} records/s, best weir {weir:.0} records/s: weir ÷ raw = {:.2}", weir / raw);
 }
 
+/// The mock cluster joins groups fastest with KIP-848's protocol; brokers such as tansu
+/// speak only the classic one.
+fn group_protocol() -> &'static str {
+    if std::env::var_os("KAFKA_BENCH_BROKERS").is_some() {
+        "classic"
+    } else {
+        "consumer"
+    }
+}
+
+async fn create_topic(brokers: &str, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for result in admin.create_topics(&[topic], &AdminOptions::new()).await.expect("create topic") {
+        result.expect("topic created");
+    }
+}
+
 fn produce(servers: &str, records: usize, partitions: i32) {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", servers).set("linger.ms", "100").create().expect("producer");
     let payload = [b'x'; 100];
     for i in 0..records {
         let key = format!("{i}");
-        let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload[..]).partition(i as i32 % partitions);
+        let mut record = BaseRecord::to(topic()).key(&key).payload(&payload[..]).partition(i as i32 % partitions);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -108,7 +145,7 @@ fn consumer_config(servers: &str, group: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", servers)
         .set("group.id", group)
-        .set("group.protocol", "consumer")
+        .set("group.protocol", group_protocol())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         // What weir sets by default (see KafkaConfig::client_config), so that both
@@ -118,8 +155,8 @@ fn consumer_config(servers: &str, group: &str) -> ClientConfig {
 }
 
 async fn stream_consumer(servers: &str, records: usize, round: usize) -> Duration {
-    let consumer: StreamConsumer = consumer_config(servers, &format!("raw-stream-{round}")).create().expect("consumer");
-    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let consumer: StreamConsumer = consumer_config(servers, &format!("{}-raw-stream-{round}", topic())).create().expect("consumer");
+    consumer.subscribe(&[topic()]).expect("subscribe");
     let mut first = None;
     let mut cpu = 0.0;
     for _ in 0..records {
@@ -135,8 +172,8 @@ async fn stream_consumer(servers: &str, records: usize, round: usize) -> Duratio
 }
 
 fn base_consumer(servers: &str, records: usize, round: usize) -> Duration {
-    let consumer: BaseConsumer = consumer_config(servers, &format!("raw-base-{round}")).create().expect("consumer");
-    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let consumer: BaseConsumer = consumer_config(servers, &format!("{}-raw-base-{round}", topic())).create().expect("consumer");
+    consumer.subscribe(&[topic()]).expect("subscribe");
     let mut first = None;
     let mut seen = 0;
     while seen < records {
@@ -154,14 +191,16 @@ fn base_consumer(servers: &str, records: usize, round: usize) -> Duration {
 async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str, extra: &str) -> (Duration, i64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("bench.toml");
-    let group = format!("weir-{run}");
+    let group = format!("{}-weir-{run}", topic());
+    let topic = topic();
     std::fs::write(
         &file,
         format!(
-            "name = \"bench\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{servers}\"\ntopics = [\"{TOPIC}\"]\n\
+            "name = \"bench\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{servers}\"\ntopics = [\"{topic}\"]\n\
              group = \"{group}\"\nstart = \"earliest\"\nordering = \"none\"\n{extra}\
-             [trigger.librdkafka]\n\"group.protocol\" = \"consumer\"\n{}\n\
+             [trigger.librdkafka]\n\"group.protocol\" = \"{}\"\n{}\n\
              [limits]\nconcurrency = 64\n[[step]]\nname = \"nothing\"\nfunction = \"bench.noop\"\n",
+            group_protocol(),
             std::env::var("KAFKA_BENCH_LIBRDKAFKA").unwrap_or_default()
         ),
     )
@@ -208,7 +247,7 @@ fn committed(servers: &str, group: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = consumer_config(servers, group).create().expect("consumer");
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
-        list.add_partition(TOPIC, p);
+        list.add_partition(topic(), p);
     }
     let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
     committed
