@@ -86,9 +86,7 @@ async fn main() {
         rows.push(("weir pipeline (no-op function per batch of 500, commit after success)", took));
     }
     let rate = |d: Duration| records as f64 / d.as_secs_f64();
-    println!(
-        "\nKafka consumption, {records} records × 100 B over {partitions} partitions ({broker})"
-    );
+    println!("\nKafka consumption, {records} records × 100 B over {partitions} partitions ({broker})");
     println!("| consumer | time | records/s |");
     println!("|---|---|---|");
     for (name, took) in &rows {
@@ -155,7 +153,8 @@ fn consumer_config(servers: &str, group: &str) -> ClientConfig {
 }
 
 async fn stream_consumer(servers: &str, records: usize, round: usize) -> Duration {
-    let consumer: StreamConsumer = consumer_config(servers, &format!("{}-raw-stream-{round}", topic())).create().expect("consumer");
+    let consumer: StreamConsumer =
+        consumer_config(servers, &format!("{}-raw-stream-{round}", topic())).create().expect("consumer");
     consumer.subscribe(&[topic()]).expect("subscribe");
     let mut first = None;
     let mut cpu = 0.0;
@@ -172,7 +171,8 @@ async fn stream_consumer(servers: &str, records: usize, round: usize) -> Duratio
 }
 
 fn base_consumer(servers: &str, records: usize, round: usize) -> Duration {
-    let consumer: BaseConsumer = consumer_config(servers, &format!("{}-raw-base-{round}", topic())).create().expect("consumer");
+    let consumer: BaseConsumer =
+        consumer_config(servers, &format!("{}-raw-base-{round}", topic())).create().expect("consumer");
     consumer.subscribe(&[topic()]).expect("subscribe");
     let mut first = None;
     let mut seen = 0;

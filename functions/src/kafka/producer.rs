@@ -19,6 +19,12 @@ pub const RESERVED: [&str; 3] = ["bootstrap.servers", "enable.idempotence", "ack
 pub struct LogToTracing;
 
 impl ClientContext for LogToTracing {
+    /// librdkafka reports a broker it cannot reach both as a log line and as an error;
+    /// the log line is enough.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(error = %error, "kafka producer: {reason}");
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -49,9 +55,11 @@ pub struct Delivered {
 }
 
 /// An idempotent producer (`enable.idempotence`, so `acks=all` and no duplicates from
-/// librdkafka's own retries). Cheap to share: one per step, built once.
+/// librdkafka's own retries). Cheap to share: one per step, built once. It connects on
+/// the first send, so that `weir validate` checks the options without dialling out.
 pub struct RecordProducer {
-    inner: FutureProducer<LogToTracing>,
+    config: ClientConfig,
+    inner: std::sync::OnceLock<Result<FutureProducer<LogToTracing>, String>>,
     brokers: String,
 }
 
@@ -74,9 +82,19 @@ impl RecordProducer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set_log_level(RDKafkaLogLevel::Warning);
-        // The error names the option but never echoes values (they may be secrets).
-        let inner = config.create_with_context(LogToTracing).map_err(|e| format!("creating a Kafka producer: {e}"))?;
-        Ok(Self { inner, brokers: brokers.to_string() })
+        // Checks every option's name and value, without creating a client. The error
+        // names the option but never echoes values (they may be secrets).
+        config.create_native_config().map_err(|e| format!("invalid producer options: {e}"))?;
+        Ok(Self { config, inner: std::sync::OnceLock::new(), brokers: brokers.to_string() })
+    }
+
+    fn producer(&self) -> Result<&FutureProducer<LogToTracing>, FunctionError> {
+        self.inner
+            .get_or_init(|| {
+                self.config.create_with_context(LogToTracing).map_err(|e| format!("creating a Kafka producer: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| FunctionError::permanent(format!("{e} (brokers {})", self.brokers)))
     }
 
     pub fn brokers(&self) -> &str {
@@ -98,7 +116,7 @@ impl RecordProducer {
         if let Some(ms) = record.timestamp_ms {
             outgoing = outgoing.timestamp(ms);
         }
-        match self.inner.send(outgoing, queue_timeout).await {
+        match self.producer()?.send(outgoing, queue_timeout).await {
             Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
             Err((error, _)) => Err(classify(record.topic, &self.brokers, error)),
         }
@@ -106,7 +124,8 @@ impl RecordProducer {
 }
 
 /// A delivery failure as a step error: retryable unless the broker refused the record
-/// itself (too large, not allowed, invalid), which no retry fixes.
+/// itself (too large, not allowed, invalid) or the topic does not exist, which no
+/// retry fixes (create the topic, then `weir dlq redrive`).
 fn classify(topic: &str, brokers: &str, error: KafkaError) -> FunctionError {
     use RDKafkaErrorCode as C;
     let permanent = matches!(
@@ -122,6 +141,8 @@ fn classify(topic: &str, brokers: &str, error: KafkaError) -> FunctionError {
                 | C::PolicyViolation
                 | C::InvalidRequiredAcks
                 | C::InvalidArgument
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
         )
     );
     let message = format!("delivering a record to topic {topic:?} on {brokers}: {error}");
@@ -148,8 +169,13 @@ mod tests {
     }
 
     #[test]
-    fn reserved_options_are_refused() {
+    fn options_are_checked_when_built() {
         let err = RecordProducer::new("127.0.0.1:1", &[("acks".into(), "1".into())]).err().unwrap();
         assert!(err.contains("acks"), "{err}");
+        let err = RecordProducer::new("127.0.0.1:1", &[("linger.ms".into(), "soon".into())]).err().unwrap();
+        assert!(err.contains("linger.ms"), "{err}");
+        let err = RecordProducer::new("127.0.0.1:1", &[("no.such.option".into(), "1".into())]).err().unwrap();
+        assert!(err.contains("no.such.option"), "{err}");
+        assert!(RecordProducer::new("127.0.0.1:1", &[("compression.type".into(), "lz4".into())]).is_ok());
     }
 }

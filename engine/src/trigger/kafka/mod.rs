@@ -142,7 +142,7 @@ pub struct NotifiedBucket {
 }
 
 /// A validated Kafka trigger configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub brokers: String,
     pub topics: Vec<String>,
@@ -156,6 +156,20 @@ pub struct KafkaConfig {
     pub objects: Option<NotifiedBucket>,
     /// Passed to librdkafka as is (`security.protocol`, `sasl.*`, …); never logged.
     pub librdkafka: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// Option values may be secrets (`sasl.password`): only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group", &self.group)
+            .field("ordering", &self.ordering)
+            .field("format", &self.format)
+            .field("librdkafka", &self.librdkafka.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings weir owns: setting them would break commit-after-success.
