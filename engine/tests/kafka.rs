@@ -141,6 +141,25 @@ async fn a_commit_never_passes_a_record_still_running() {
     running.stop().await.unwrap();
 }
 
+/// `commit_count`: commits go out as records finish, long before `commit_interval`;
+/// what is left below the count waits for the interval, or for shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_out_every_commit_count_records() {
+    let broker = Broker::new("uploads", 1);
+    let sandbox = Sandbox::new();
+    broker.produce("uploads", 0, (0..25).map(|i| format!("r{i}"))).await;
+    let text = pipeline(&broker.servers(), "partition", "sleep_ms = 100")
+        .replace("commit_interval = \"100ms\"", "commit_interval = \"1h\"\ncommit_count = 10");
+    let (running, probe) = start(&sandbox, &text).await;
+    wait_for(WAIT, "a commit after 10 records", || broker.committed("weir-test", "uploads", 1) == [10]).await;
+    wait_for(WAIT, "a commit after 20 records", || broker.committed("weir-test", "uploads", 1) == [20]).await;
+    wait_for(WAIT, "all 25 records", || seen(&probe).len() >= 25).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broker.committed("weir-test", "uploads", 1), [20], "5 finished records are below the count");
+    running.stop().await.unwrap();
+    assert_eq!(broker.committed("weir-test", "uploads", 1), [25], "flushed at shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_executor_pauses_fetching_without_leaving_the_group() {
     let broker = Broker::new("uploads", 2);
@@ -337,7 +356,7 @@ fn done_runs(state: &std::path::Path) -> Vec<(String, String)> {
 /// ones the killed member had taken and not committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_two_processes_one_killed_loses_nothing() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let broker = Broker::new("uploads", 6);
     let sandbox = Sandbox::new();
     let text = format!(
@@ -348,16 +367,10 @@ async fn scale_out_two_processes_one_killed_loses_nothing() {
         broker.servers()
     );
     let file = sandbox.pipeline("records", &text);
-    let spawn = |state: &str| {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--grace", "5s"])
-            .env("WEIR_STATE_DIR", sandbox.dir.path().join(state))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let (mut a, mut b) = (spawn("state-a"), spawn("state-b"));
+    let (mut a, mut b) = (
+        sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "state-a"),
+        sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "state-b"),
+    );
     let (state_a, state_b) = (sandbox.dir.path().join("state-a"), sandbox.dir.path().join("state-b"));
 
     // A steady stream until both members are working, then A is killed, then more.

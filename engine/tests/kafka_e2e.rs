@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
@@ -50,19 +50,7 @@ async fn produce(producer: &FutureProducer, topic: &str, from: usize, to: usize,
 }
 
 fn committed(brokers: &str, group: &str, topic: &str) -> Vec<i64> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-    (0..PARTITIONS)
-        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+    common::kafka::committed_offsets(brokers, group, topic, PARTITIONS)
 }
 
 /// Offsets of the records on `topic` (partition, offset, source offset header).
@@ -90,16 +78,6 @@ fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
 
 fn outputs(sandbox: &Sandbox, topic: &str) -> usize {
     sandbox.files_under(&format!("out/{topic}")).len()
-}
-
-fn spawn(sandbox: &Sandbox, file: &std::path::Path, state: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--grace", "5s"])
-        .env("WEIR_STATE_DIR", sandbox.dir.path().join(state))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// Records in the runs of a member's ledger (a run covers a chunk: `t/p/first..=last`).
@@ -148,7 +126,10 @@ async fn two_members_one_killed_then_a_restart_on_a_real_broker() {
              [[step]]\nname = \"store\"\nfunction = \"object.put\"\nurl = \"{{bucket}}\"\nkey = \"out/{{key}}.json\"\n"
         ),
     );
-    let (mut a, mut b) = (spawn(&sandbox, &file, "a"), spawn(&sandbox, &file, "b"));
+    let (mut a, mut b) = (
+        sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "a"),
+        sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "b"),
+    );
     // A stream of records; the first member is killed once both are at work.
     let (mut produced, mut killed) = (0, false);
     let mut committed_at_kill = Vec::new();
@@ -209,7 +190,7 @@ async fn two_members_one_killed_then_a_restart_on_a_real_broker() {
     // A restart runs only what was produced since.
     let before = records_run(&sandbox, "b").len();
     produce(&producer, &topic, total, total + 60, usize::MAX).await;
-    let mut b = spawn(&sandbox, &file, "b");
+    let mut b = sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "b");
     wait_until("the new records", || outputs(&sandbox, &topic) >= total - 1 + 60);
     wait_until("their commits", || {
         committed(&brokers, &group, &topic) == vec![(total as i64 + 60) / PARTITIONS as i64; PARTITIONS as usize]

@@ -28,7 +28,6 @@ impl Broker {
         self.cluster.bootstrap_servers()
     }
 
-    /// Produces `payloads` to one partition, in order.
     /// Produces `payloads` to one partition, in order (all sent, then all awaited).
     pub async fn produce(&self, topic: &str, partition: i32, payloads: impl IntoIterator<Item = String>) {
         let payloads: Vec<String> = payloads.into_iter().collect();
@@ -48,20 +47,25 @@ impl Broker {
 
     /// The group's committed offset of each partition (-1001: none).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", self.servers()).set("group.id", group).create().unwrap();
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition(topic, p);
-        }
-        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-        (0..partitions)
-            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1001,
-            })
-            .collect()
+        committed_offsets(&self.servers(), group, topic, partitions)
     }
+}
+
+/// `group`'s committed offset of each partition of `topic` on `servers` (-1001: none).
+pub fn committed_offsets(servers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", servers).set("group.id", group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1001,
+        })
+        .collect()
 }
 
 impl Broker {

@@ -238,6 +238,18 @@ impl Sandbox {
         std::fs::write(&tmp, bytes).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
     }
+    /// Starts `<weir> run <pipeline>` (the binary is `env!("CARGO_BIN_EXE_weir")`, which
+    /// only integration tests have) as a process of its own, with its own state
+    /// directory `<state>` in the sandbox, the way a second machine would run it.
+    pub fn spawn_weir_run(&self, weir: &str, pipeline: &Path, state: &str) -> std::process::Child {
+        std::process::Command::new(weir)
+            .args(["run", pipeline.to_str().unwrap(), "--listen", "127.0.0.1:0", "--grace", "5s"])
+            .env("WEIR_STATE_DIR", self.dir.path().join(state))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
     pub fn files_under(&self, key_prefix: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.bucket().join(key_prefix), &mut out);

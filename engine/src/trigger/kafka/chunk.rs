@@ -7,7 +7,7 @@
 //! record by record, and a slow record holds back only the commit, not its neighbours
 //! (with `ordering = "none"`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -70,10 +70,40 @@ pub enum Wake {
     Messages,
     /// A chunk's event ended.
     Ended { partition: Partition, id: u64 },
+    /// `commit_count` records finished since the last commit.
+    CommitDue,
     /// Stop requested.
     Stop,
     /// The executor stopped and has no event in flight any more.
     Drained,
+}
+
+/// Records finished since the last commit, for `commit_count`: one shared counter,
+/// so that the consumer thread is woken once the count is reached, not per record.
+#[derive(Debug)]
+pub struct FinishedCount {
+    finished: AtomicUsize,
+    commit_count: usize,
+}
+
+impl FinishedCount {
+    pub fn new(commit_count: usize) -> Self {
+        Self { finished: AtomicUsize::new(0), commit_count }
+    }
+
+    /// Counts one record; true when it makes a commit due.
+    fn add_one(&self) -> bool {
+        self.finished.fetch_add(1, Ordering::Relaxed) + 1 == self.commit_count
+    }
+
+    pub fn due(&self) -> bool {
+        self.finished.load(Ordering::Relaxed) >= self.commit_count
+    }
+
+    /// A commit is going out: count again from zero.
+    pub fn reset(&self) {
+        self.finished.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The trigger's side of a chunk's acknowledgement.
@@ -81,6 +111,8 @@ pub struct ChunkAcker {
     pub progress: Arc<Progress>,
     pub partition: Partition,
     pub wake: mpsc::Sender<Wake>,
+    /// With `commit_count`.
+    pub count: Option<Arc<FinishedCount>>,
 }
 
 #[async_trait::async_trait]
@@ -94,6 +126,9 @@ impl Acknowledge for ChunkAcker {
 
     fn ack_record(&self, index: usize) {
         self.progress.finish(index);
+        if self.count.as_ref().is_some_and(|count| count.add_one()) {
+            let _ = self.wake.send(Wake::CommitDue);
+        }
     }
 
     fn wanted(&self) -> bool {

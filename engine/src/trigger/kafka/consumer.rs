@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::chunk::{self, ChunkAcker, Progress, Wake};
+use super::chunk::{self, ChunkAcker, FinishedCount, Progress, Wake};
 use super::context::KafkaContext;
 use super::offsets::{Offsets, Partition};
 use super::{KafkaConfig, Ordering, Record};
@@ -86,6 +86,8 @@ pub(super) struct State {
     /// Since when the executor's queue has had no room.
     full_since: Option<Instant>,
     last_commit: Instant,
+    /// With `commit_count`: records finished since the last commit.
+    finished: Option<Arc<FinishedCount>>,
     stopping: bool,
     drained: bool,
     /// The last poll round ended on its budget: more records are waiting.
@@ -100,6 +102,7 @@ impl State {
         sink: EventSink,
         wake: (Sender<Wake>, Receiver<Wake>),
     ) -> Self {
+        let finished = config.commit_count.map(|n| Arc::new(FinishedCount::new(n)));
         Self {
             pipeline,
             config,
@@ -111,6 +114,7 @@ impl State {
             next_id: 0,
             full_since: None,
             last_commit: Instant::now(),
+            finished,
             stopping: false,
             drained: false,
             more: false,
@@ -137,6 +141,8 @@ impl State {
                     }
                 }
             }
+            // `commit` sees the count itself.
+            Wake::CommitDue => {}
             Wake::Stop => self.stopping = true,
             Wake::Drained => self.drained = true,
         }
@@ -275,7 +281,12 @@ impl State {
                 pipeline: self.pipeline.clone(),
                 source: EventSource::KafkaChunk { records: records.into() },
                 received_at: SystemTime::now(),
-                acker: Arc::new(ChunkAcker { progress, partition: partition.clone(), wake: self.wake_tx.clone() }),
+                acker: Arc::new(ChunkAcker {
+                    progress,
+                    partition: partition.clone(),
+                    wake: self.wake_tx.clone(),
+                    count: self.finished.clone(),
+                }),
             };
             if self.sink.try_send(event).is_err() {
                 // The executor is gone: we are stopping.
@@ -327,12 +338,17 @@ impl State {
         }
     }
 
-    /// Commits what advanced, every `commit_interval` (or now, with `force`). Waits for
-    /// the broker's answer (a round trip a second, by default): a commit that failed is
-    /// then known to have failed, and its offsets go out again with the next one.
+    /// Commits what advanced, every `commit_interval` or once `commit_count` records
+    /// finished (or now, with `force`). Waits for the broker's answer (a round trip a
+    /// second, by default): a commit that failed is then known to have failed, and its
+    /// offsets go out again with the next one.
     fn commit(&mut self, consumer: &BaseConsumer<KafkaContext>, force: bool) {
-        if !force && self.last_commit.elapsed() < self.config.commit_interval {
+        let counted = self.finished.as_ref().is_some_and(|count| count.due());
+        if !force && !counted && self.last_commit.elapsed() < self.config.commit_interval {
             return;
+        }
+        if let Some(count) = &self.finished {
+            count.reset();
         }
         self.last_commit = Instant::now();
         let commits = self.offsets.take_commits();

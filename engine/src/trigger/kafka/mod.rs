@@ -12,7 +12,8 @@
 //! * [`offsets`]: commit after success. A record's offset is committed only when it
 //!   and every record before it in its partition finished — done, or dead-lettered (a
 //!   poison record never blocks its partition). Auto-commit is off; commits are
-//!   batched every `commit_interval` and flushed on revoke and at shutdown.
+//!   batched — every `commit_interval`, or sooner once `commit_count` records have
+//!   finished — and flushed on revoke and at shutdown.
 //! * Backpressure: a partition holding too many records, or an executor whose queue
 //!   stays full, is paused while the consumer keeps polling, so a slow function never
 //!   makes the consumer overrun `max.poll.interval.ms` and leave its group.
@@ -60,6 +61,8 @@ pub(crate) struct RawConfig {
     ordering: Ordering,
     #[serde(default)]
     commit_interval: Option<HumanDuration>,
+    #[serde(default)]
+    commit_count: Option<Spanned<usize>>,
     #[serde(default)]
     batch_size: Option<Spanned<usize>>,
     #[serde(default)]
@@ -151,6 +154,8 @@ pub struct KafkaConfig {
     pub format: RecordFormat,
     pub ordering: Ordering,
     pub commit_interval: Duration,
+    /// Commit as soon as this many records finished, without waiting for the interval.
+    pub commit_count: Option<usize>,
     pub batch: Option<Batching>,
     pub rebalance_grace: Duration,
     pub objects: Option<NotifiedBucket>,
@@ -212,6 +217,13 @@ impl RawConfig {
                     .error(value.span(), format!("librdkafka option {key:?} is set by weir (use brokers/group/start)"));
                 ok = false;
             }
+        }
+        if let Some(count) = self.commit_count.as_ref().filter(|c| *c.get_ref() == 0) {
+            report.error(
+                count.span(),
+                "commit_count must be at least 1 (leave it out to commit by commit_interval only)",
+            );
+            ok = false;
         }
         let batch = match (&self.batch_size, &self.batch_window) {
             (None, None) => None,
@@ -282,6 +294,7 @@ impl RawConfig {
             format,
             ordering: self.ordering,
             commit_interval: self.commit_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+            commit_count: self.commit_count.map(Spanned::into_inner),
             batch,
             rebalance_grace: self.rebalance_grace.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
             objects,
