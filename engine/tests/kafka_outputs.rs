@@ -121,7 +121,8 @@ async fn poison_records_go_to_a_dead_letter_topic_and_are_redriven_from_it() {
     let broker = Broker::new("uploads", 1);
     let sandbox = Sandbox::new();
     for (i, key) in ["a", "b", "../evil", "c"].iter().enumerate() {
-        broker.produce_keyed("uploads", 0, key, &format!("v{i}")).await;
+        let trace = format!("t{i}");
+        broker.produce_with_headers("uploads", 0, key, format!("v{i}").as_bytes(), &[("trace", &trace)]).await;
     }
     // `{attr.record_key}` of "../evil" is an unsafe key: refused, permanently.
     let pipeline = |key: &str| {
@@ -148,6 +149,7 @@ async fn poison_records_go_to_a_dead_letter_topic_and_are_redriven_from_it() {
     assert_eq!(header(letter, "weir.attempts").as_deref(), Some("1"));
     assert_eq!(header(letter, "weir.error_kind").as_deref(), Some("permanent"));
     assert!(header(letter, "weir.error").unwrap().contains("unsafe key"), "{:?}", header(letter, "weir.error"));
+    assert_eq!(header(letter, "trace").as_deref(), Some("t2"), "the producer's headers travel on");
     let id = header(letter, "weir.event_id").unwrap();
 
     let file = sandbox.pipeline("outputs", &broken);
@@ -166,13 +168,14 @@ async fn poison_records_go_to_a_dead_letter_topic_and_are_redriven_from_it() {
     let (_, listed) = weir(&sandbox, &["dlq", "list", file]);
     assert_eq!(listed.matches(&id).count(), 1, "only the newest copy is pending: {listed}");
 
-    // With the pipeline fixed, the redrive succeeds and nothing is left.
-    let file = sandbox.pipeline("outputs", &pipeline("out/{key}.txt"));
+    // With the pipeline fixed, the redrive succeeds and nothing is left; the record
+    // still has its headers after two trips through the dead-letter topic.
+    let file = sandbox.pipeline("outputs", &pipeline("out/{key}.{attr.header.trace}.txt"));
     let file = file.to_str().unwrap();
     let (code, out) = weir(&sandbox, &["dlq", "redrive", file]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 record(s) re-driven, 0 failed again"), "{out}");
-    assert_eq!(std::fs::read(sandbox.bucket().join("out/uploads/0/2.txt")).unwrap(), b"v2");
+    assert_eq!(std::fs::read(sandbox.bucket().join("out/uploads/0/2.t2.txt")).unwrap(), b"v2");
     let (code, listed) = weir(&sandbox, &["dlq", "list", file]);
     assert_eq!(code, 0);
     assert!(!listed.contains(&id), "{listed}");

@@ -67,6 +67,7 @@ pub struct RecordFacts<'a> {
     pub timestamp: Option<DateTime<Utc>>,
     pub key: Option<&'a [u8]>,
     pub value: &'a [u8],
+    pub headers: Vec<(&'a str, &'a [u8])>,
 }
 
 /// The facts about an object change that make up an S3 event record.
@@ -153,6 +154,12 @@ impl TriggerEvent {
             record.timestamp_type = Some("CREATE_TIME".into());
             record.key = facts.key.map(encode);
             record.value = Some(encode(facts.value));
+            // Lambda's shape: one single-entry map per header, the value as signed bytes.
+            record.headers = facts
+                .headers
+                .iter()
+                .map(|(name, value)| [(name.to_string(), value.iter().map(|b| *b as i8).collect())].into())
+                .collect();
             event.records.entry(format!("{}-{}", facts.topic, facts.partition)).or_default().push(record);
         }
         TriggerEvent::Kafka(event)
@@ -198,6 +205,7 @@ mod tests {
             offset: 15,
             key: Some(b"k1"),
             value: b"{\"a\":1}",
+            headers: vec![("trace", b"t1")],
             ..Default::default()
         }) else {
             panic!("a Kafka event")
@@ -208,6 +216,7 @@ mod tests {
         assert_eq!((record["partition"].as_i64(), record["offset"].as_i64()), (Some(2), Some(15)));
         assert_eq!(record["key"], "azE=");
         assert_eq!(record["value"], "eyJhIjoxfQ==");
+        assert_eq!(record["headers"], serde_json::json!([{"trace": [116, 49]}]));
     }
 
     #[test]

@@ -295,6 +295,7 @@ fn facts<'a>(brokers: &'a str, record: &'a Record) -> RecordFacts<'a> {
         timestamp: record.timestamp,
         key: record.key.as_deref().map(str::as_bytes),
         value: &record.value,
+        headers: record.headers.iter().map(|h| (h.name.as_str(), &h.value[..])).collect(),
     }
 }
 
@@ -327,8 +328,8 @@ async fn run_record(
     graph::run(rt, item, Some(&again), &scope).await
 }
 
-/// A record's `{attr.topic}`, `{attr.partition}`, `{attr.offset}`, `{attr.record_key}`,
-/// read from the record itself when asked.
+/// A record's `{attr.topic}`, `{attr.partition}`, `{attr.offset}`, `{attr.record_key}`
+/// and `{attr.header.<name>}` (as text), read from the record itself when asked.
 struct RecordAttributes {
     records: Arc<[Record]>,
     index: usize,
@@ -342,7 +343,10 @@ impl SourceAttributes for RecordAttributes {
             "partition" => Some(Cow::Owned(record.partition.to_string())),
             "offset" => Some(Cow::Owned(record.offset.to_string())),
             "record_key" => record.key.as_deref().map(Cow::Borrowed),
-            _ => None,
+            _ => {
+                let value = record.header(name.strip_prefix("header.")?)?;
+                Some(String::from_utf8_lossy(value))
+            }
         }
     }
 

@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::chunk::{self, ChunkAcker, FinishedCount, Progress, Wake};
 use super::context::KafkaContext;
 use super::offsets::{Offsets, Partition};
-use super::{KafkaConfig, Ordering, Record};
+use super::{KafkaConfig, Ordering, Record, RecordHeader};
 use crate::trigger::{Event, EventSink, EventSource};
 
 /// Messages taken per poll round before chunks are handed over.
@@ -468,7 +468,22 @@ fn record_of(message: &BorrowedMessage<'_>, topics: &mut Topics) -> Record {
         key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         value: message.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
         timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+        headers: headers_of(message),
     }
+}
+
+/// A message's headers (no allocation when it has none).
+pub(super) fn headers_of(message: &impl Message) -> Vec<RecordHeader> {
+    use rdkafka::message::Headers as _;
+    message.headers().map_or_else(Vec::new, |headers| {
+        headers
+            .iter()
+            .map(|h| RecordHeader {
+                name: h.key.to_string(),
+                value: h.value.map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
+            })
+            .collect()
+    })
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

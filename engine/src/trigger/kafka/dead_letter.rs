@@ -82,6 +82,14 @@ impl DeadLetterTopic {
                 if !timestamp.is_empty() {
                     headers.push(("weir.source.timestamp", timestamp.as_bytes()));
                 }
+                // The producer's own headers travel on, after weir's.
+                headers.extend(
+                    record
+                        .headers
+                        .iter()
+                        .filter(|h| !h.name.starts_with("weir."))
+                        .map(|h| (h.name.as_str(), &h.value[..])),
+                );
                 (record.key.as_deref().map(str::as_bytes), &record.value[..])
             }
             // Anything else (a malformed input) travels as the event's JSON.
@@ -183,6 +191,7 @@ fn letter_of(message: &impl Message) -> Result<DeadLetter, String> {
         key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         value: message.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
         timestamp: time("weir.source.timestamp").ok(),
+        headers: super::consumer::headers_of(message).into_iter().filter(|h| !h.name.starts_with("weir.")).collect(),
     };
     Ok(DeadLetter {
         id: field("weir.event_id")?,

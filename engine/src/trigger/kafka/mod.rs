@@ -383,12 +383,28 @@ pub struct Record {
     pub value: bytes::Bytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// The producer's headers, in order (names may repeat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<RecordHeader>,
+}
+
+/// A record header. Kafka allows one without a value; it reads as empty here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHeader {
+    pub name: String,
+    #[serde(with = "base64_bytes")]
+    pub value: bytes::Bytes,
 }
 
 impl Record {
     /// `topic/partition/offset`: the record's deterministic name (output keys use it).
     pub fn name(&self) -> String {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|h| h.name == name).map(|h| &h.value[..])
     }
 
     pub fn partition_id(&self) -> Partition {
