@@ -15,14 +15,18 @@ use weir_functions::{Registry, Stores};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Diagnostics, Pipeline};
+use crate::event::dead_letter::BucketDeadLetters;
+use crate::event::{DeadLetterStore, EventSink, QueueStats};
 use crate::executor::{ExecutorStats, PipelineRuntime};
 use crate::state::Ledger;
-use crate::trigger::{EventSink, QueueStats, TriggerContext};
+use crate::trigger::{Trigger, TriggerContext, Triggers};
 
 /// Engine-wide settings.
 #[derive(Clone)]
 pub struct Engine {
     pub registry: Registry,
+    /// The trigger kinds pipeline files may name.
+    pub triggers: Triggers,
     /// Where the ledger (and the default dead-letter bucket) live.
     pub state_dir: PathBuf,
     /// How long in-flight events may take to finish after a stop is requested.
@@ -45,6 +49,7 @@ impl Engine {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self {
             registry,
+            triggers: Triggers::builtin(),
             state_dir: PathBuf::from("data/.weir"),
             grace: Duration::from_secs(30),
             global_concurrency: (cores * 4).max(8),
@@ -52,6 +57,13 @@ impl Engine {
             listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Replaces the trigger kinds (the built-ins plus your own, see
+    /// `examples/custom_trigger.rs`).
+    pub fn triggers(mut self, triggers: Triggers) -> Self {
+        self.triggers = triggers;
+        self
     }
 
     /// Replaces the wall clock schedules follow (tests use a [`crate::clock::ManualClock`]).
@@ -77,7 +89,7 @@ impl Engine {
 
     /// Loads and validates pipeline files or directories.
     pub fn load(&self, paths: &[PathBuf]) -> Result<Vec<Pipeline>, Diagnostics> {
-        config::load_paths(paths, &self.registry)
+        config::load_paths(paths, &self.registry, &self.triggers)
     }
 
     pub fn ledger(&self) -> anyhow::Result<Ledger> {
@@ -99,14 +111,16 @@ impl Engine {
         ledger: &Ledger,
         global: Arc<Semaphore>,
     ) -> anyhow::Result<Arc<PipelineRuntime>> {
-        let runtime = PipelineRuntime::new(
-            Arc::new(pipeline),
-            ledger.clone(),
-            self.stores.clone(),
-            global,
-            self.default_dead_letter_url()?,
-        )
-        .map_err(anyhow::Error::msg)?;
+        let url = match &pipeline.retry.dead_letter {
+            Some(url) => url.clone(),
+            None => self.default_dead_letter_url()?,
+        };
+        let dead_letters: Arc<dyn DeadLetterStore> = match pipeline.trigger.dead_letters(&url, ledger) {
+            Some(store) => store?,
+            None => BucketDeadLetters::new(&url, &self.stores),
+        };
+        let runtime =
+            PipelineRuntime::new(Arc::new(pipeline), ledger.clone(), self.stores.clone(), global, dead_letters);
         Ok(Arc::new(runtime))
     }
 
@@ -136,17 +150,7 @@ impl Engine {
                 routes.insert(name.to_string(), crate::http::Route { inbox, runtime: runtime.clone() });
             }
             let trigger_stop = shutdown.child_token();
-            tasks.spawn({
-                let name = name.clone();
-                let stop = trigger_stop.clone();
-                async move {
-                    if let Err(e) = trigger.run(sink, stop).await {
-                        tracing::error!(pipeline = %name, error = format!("{e:#}"), "trigger stopped with an error");
-                        return Err(e.context(format!("pipeline {name}: trigger failed")));
-                    }
-                    Ok(())
-                }
-            });
+            tasks.spawn(keep_running(name.clone(), trigger, sink, trigger_stop.clone()));
             tasks.spawn({
                 let runtime = runtime.clone();
                 let stop = shutdown.clone();
@@ -232,6 +236,39 @@ impl RunningEngine {
         let token = CancellationToken::new();
         token.cancel();
         self.wait(token).await
+    }
+}
+
+/// Runs a trigger until `stop`. A transient failure (a bucket or broker briefly
+/// unreachable, at start-up or later) starts it again after a backoff, 1 s doubling to
+/// 30 s; a fatal one stops the engine with that error.
+async fn keep_running(
+    name: Arc<str>,
+    trigger: Arc<dyn Trigger>,
+    sink: EventSink,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match trigger.clone().run(sink.clone(), stop.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !stop.is_cancelled() => {
+                tracing::warn!(pipeline = %name, error = %e, retry_in = ?delay, "trigger failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) if stop.is_cancelled() => {
+                tracing::debug!(pipeline = %name, error = %e, "trigger stopped by shutdown");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %e, "trigger stopped with an error");
+                return Err(anyhow::Error::new(e).context(format!("pipeline {name}: trigger failed")));
+            }
+        }
     }
 }
 

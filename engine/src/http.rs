@@ -19,8 +19,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::event::JsonWork;
 use crate::executor::PipelineRuntime;
-use crate::trigger::{EventSource, Inbox, InboxError};
+use crate::trigger::{Inbox, InboxError};
 
 /// A pipeline that takes pushed events.
 #[derive(Clone)]
@@ -75,8 +76,8 @@ async fn notification(State(routes): State<Routes>, Path(pipeline): Path<String>
             let error = format!("notification for pipeline {pipeline} ({} bytes) rejected: {why}", body.len());
             tracing::warn!(pipeline = %pipeline, error = %error, "bad notification");
             let kept = String::from_utf8_lossy(&body).into_owned();
-            let source = EventSource::Json { value: serde_json::json!({ "notification": kept }) };
-            if let Err(e) = route.runtime.dead_letter_input(source, "notification", &error).await {
+            let work = JsonWork { value: serde_json::json!({ "notification": kept }) };
+            if let Err(e) = route.runtime.dead_letter_input(&work, "notification", &error).await {
                 tracing::error!(pipeline = %pipeline, error = %e.chain(), "cannot dead-letter a bad notification");
             }
             json(StatusCode::BAD_REQUEST, serde_json::json!({"error": error}))

@@ -8,22 +8,29 @@
 //! ```
 //!
 //! * [`config`] parses and validates pipeline files (`weir validate`).
-//! * [`trigger`] turns buckets and schedules (and later Kafka) into [`trigger::Event`]s;
+//! * [`event`] is the contract between triggers and the executor: an event's work,
+//!   its acknowledgement, its dead letter.
+//! * [`trigger`] turns buckets, schedules and Kafka topics into events, one folder per
+//!   kind behind [`trigger::TriggerSpec`], listed in [`trigger::Triggers::builtin`];
 //!   [`clock`] is the wall clock schedules follow, injectable for tests.
 //! * [`executor`] runs events through the steps within concurrency limits, retries,
-//!   dead-letters, and acknowledges only finished events.
+//!   dead-letters, and acknowledges only finished events. It knows no trigger.
 //! * [`replay`] pushes history (a bucket's objects, a schedule's past ticks) through a
 //!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
 //! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints.
 //! * [`Engine`] wires them together; [`cli`] is the `weir` binary.
 //!
 //! To run your own functions, build a [`weir_functions::Registry`] with them and hand
-//! it to [`Engine::new`] (see `examples/custom_function.rs`).
+//! it to [`Engine::new`] (see `examples/custom_function.rs`); your own triggers go in
+//! a [`trigger::Triggers`] handed to [`Engine::triggers`] or [`cli::main_with`] (see
+//! `examples/custom_trigger.rs`).
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 mod engine;
+pub mod error;
+pub mod event;
 pub mod executor;
 pub mod http;
 pub mod replay;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use common::{registry_with_probe, utc, Sandbox};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use weir_engine::event::JsonWork;
 use weir_engine::replay::{self, Counters, Plan, Window};
-use weir_engine::trigger::EventSource;
 use weir_engine::Engine;
-use weir_functions::registry::Emitter;
+use weir_functions::Emitter;
 use weir_functions::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Metadata, Payload};
 
 /// Emits `count` JSON items, recording the most it ever ran ahead of `consumed`.
@@ -124,7 +124,7 @@ async fn a_streaming_step_runs_only_a_bounded_distance_ahead() {
         let ledger = engine.ledger().unwrap();
         let runtime = engine.runtime(pipeline, &ledger, Arc::new(Semaphore::new(8))).unwrap();
         let invocations = runtime
-            .execute("e1", &EventSource::Json { value: serde_json::json!({}) })
+            .execute(Arc::new(JsonWork { value: serde_json::json!({}) }))
             .await
             .unwrap_or_else(|f| panic!("{}", f.error));
 

@@ -98,24 +98,29 @@ impl FunctionError {
     /// connection resets may (object_store already retried them briefly, see
     /// [`crate::store::store_retry_config`]). `context` should name bucket and key.
     pub fn from_store(context: impl fmt::Display, err: object_store::Error) -> Self {
-        use object_store::Error as E;
-        let permanent = match &err {
-            E::NotFound { .. }
-            | E::InvalidPath { .. }
-            | E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::NotSupported { .. }
-            | E::NotImplemented { .. }
-            | E::UnknownConfigurationKey { .. }
-            | E::AlreadyExists { .. }
-            | E::Precondition { .. } => true,
-            other => {
-                http_status(other).is_some_and(|status| (400..500).contains(&status) && status != 408 && status != 429)
-            }
-        };
         let message = format!("{context}: {err}");
-        let error = if permanent { Self::permanent(message) } else { Self::retryable(message) };
+        let error = if store_error_is_permanent(&err) { Self::permanent(message) } else { Self::retryable(message) };
         error.with_source(err)
+    }
+}
+
+/// Whether a store error is about the request itself (missing object, refused
+/// credentials, a 4xx), so that trying again cannot help; 5xx, 429 and timeouts can.
+pub fn store_error_is_permanent(err: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match err {
+        E::NotFound { .. }
+        | E::InvalidPath { .. }
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. }
+        | E::AlreadyExists { .. }
+        | E::Precondition { .. } => true,
+        other => {
+            http_status(other).is_some_and(|status| (400..500).contains(&status) && status != 408 && status != 429)
+        }
     }
 }
 

@@ -19,10 +19,12 @@
 pub mod context;
 pub mod cpu;
 pub mod error;
+pub mod function;
 pub mod image;
 pub mod item;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod key_filter;
 pub mod object;
 pub mod registry;
 pub mod store;
@@ -31,7 +33,9 @@ pub mod trigger_event;
 
 pub use context::{Context, Limits};
 pub use error::{BuildError, ErrorKind, FunctionError, PartialBatch};
+pub use function::{Emitter, Function, FunctionSpec, Output, Param, Params};
 pub use item::{Item, Metadata, Payload, SourceAttributes};
-pub use registry::{Function, FunctionSpec, Param, Params, Registry};
+pub use key_filter::KeyFilter;
+pub use registry::Registry;
 pub use store::{Bucket, Stores};
 pub use trigger_event::{LazyEvent, TriggerEvent};

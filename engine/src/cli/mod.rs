@@ -1,7 +1,7 @@
 //! The `weir` command line. Embedders call [`main`] with their own registry to get the
 //! same CLI over their own functions.
 
-mod dlq;
+pub mod dlq;
 mod functions;
 mod invoke;
 mod replay;
@@ -15,8 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_functions::Registry;
 
-/// weir: a self-hosted event-pipeline engine. Triggers (a bucket, and soon Kafka,
-/// schedules, HTTP) feed native functions declared in TOML pipelines.
+use crate::trigger::Triggers;
+use crate::Engine;
+
+/// weir: a self-hosted event-pipeline engine. Triggers (a bucket, a schedule, a Kafka
+/// topic) feed native functions declared in TOML pipelines.
 #[derive(Parser, Debug)]
 #[command(name = "weir", version, about, long_about = None)]
 pub struct Cli {
@@ -36,10 +39,10 @@ enum LogFormat {
 
 /// Where the ledger lives; shared by the commands that read or write state.
 #[derive(clap::Args, Debug, Clone)]
-struct StateArgs {
+pub struct StateArgs {
     /// State directory: the SQLite ledger and the default dead-letter bucket.
     #[arg(long, env = "WEIR_STATE_DIR", default_value = "data/.weir")]
-    state_dir: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,8 +69,13 @@ enum Command {
 }
 
 /// Parses the command line, runs the command, and maps errors to exit codes
-/// (1 for failures, with the error chain printed).
+/// (1 for failures, with the error chain printed). Triggers: the built-ins.
 pub fn main(registry: Registry) -> ExitCode {
+    main_with(registry, Triggers::builtin())
+}
+
+/// [`main`] with your own trigger kinds besides (or instead of) the built-ins.
+pub fn main_with(registry: Registry, triggers: Triggers) -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
@@ -78,15 +86,16 @@ pub fn main(registry: Registry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let engine = Engine::new(registry).triggers(triggers);
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run::run(args, registry).await,
-            Command::Replay(args) => replay::run(args, registry).await,
-            Command::Validate(args) => validate::run(args, &registry),
-            Command::Invoke(args) => invoke::run(args, &registry).await,
-            Command::Functions => functions::run(&registry),
+            Command::Run(args) => run::run(args, engine).await,
+            Command::Replay(args) => replay::run(args, engine).await,
+            Command::Validate(args) => validate::run(args, &engine),
+            Command::Invoke(args) => invoke::run(args, &engine.registry).await,
+            Command::Functions => functions::run(&engine.registry),
             Command::Runs(args) => runs::run(args).await,
-            Command::Dlq(command) => dlq::run(command, registry).await,
+            Command::Dlq(command) => dlq::run(command, engine).await,
         }
     });
     match result {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use weir_functions::Registry;
 
 use super::StateArgs;
 use crate::config::units::parse_duration;
@@ -56,8 +55,8 @@ pub struct Args {
     state: StateArgs,
 }
 
-pub async fn run(args: Args, registry: Registry) -> anyhow::Result<ExitCode> {
-    let engine = Engine::new(registry).state_dir(args.state.state_dir.clone()).grace(args.grace);
+pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
+    let engine = engine.state_dir(args.state.state_dir.clone()).grace(args.grace);
     let mut pipelines = engine.load(std::slice::from_ref(&args.pipeline)).map_err(|d| {
         eprintln!("{d}");
         anyhow::anyhow!("{} error(s) in {}; nothing replayed", d.0.len(), args.pipeline.display())

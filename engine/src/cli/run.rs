@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
-use weir_functions::Registry;
 
 use super::StateArgs;
 use crate::config::units::parse_duration;
@@ -27,8 +26,8 @@ pub struct Args {
     listen: std::net::SocketAddr,
 }
 
-pub async fn run(args: Args, registry: Registry) -> anyhow::Result<ExitCode> {
-    let mut engine = Engine::new(registry).state_dir(args.state.state_dir).grace(args.grace).listen(args.listen);
+pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
+    let mut engine = engine.state_dir(args.state.state_dir).grace(args.grace).listen(args.listen);
     if let Some(n) = args.max_concurrency {
         engine.global_concurrency = n.max(1);
     }

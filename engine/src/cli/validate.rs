@@ -1,8 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use weir_functions::Registry;
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Pipeline files, or directories of *.toml files.
@@ -10,8 +8,8 @@ pub struct Args {
     paths: Vec<PathBuf>,
 }
 
-pub fn run(args: Args, registry: &Registry) -> anyhow::Result<ExitCode> {
-    match crate::config::load_paths(&args.paths, registry) {
+pub fn run(args: Args, engine: &crate::Engine) -> anyhow::Result<ExitCode> {
+    match engine.load(&args.paths) {
         Ok(pipelines) => {
             for p in &pipelines {
                 println!("{}: ok ({} steps)", p.file.display(), p.steps.len());

@@ -36,7 +36,7 @@ impl fmt::Display for Diagnostics {
 }
 
 /// Collects problems for one file, turning byte offsets into 1-based line and column.
-pub(crate) struct Reporter<'a> {
+pub struct Reporter<'a> {
     file: &'a Path,
     text: &'a str,
     found: Vec<(usize, String)>,

@@ -8,8 +8,9 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll, StreamExt};
 use weir_functions::{Item, Metadata, Payload};
 
-use super::{invoke, EventScope, PipelineRuntime, StepFailure};
+use super::{invoke, PipelineRuntime};
 use crate::config::Step;
+use crate::event::{Rebuild, Scope as EventScope, StepFailure};
 
 /// The shape of a pipeline's steps, computed once.
 pub(super) struct Graph {
@@ -68,7 +69,7 @@ impl Graph {
 pub(super) async fn run(
     rt: &PipelineRuntime,
     root: Item,
-    again: Option<invoke::Rebuild<'_>>,
+    again: Option<Rebuild<'_>>,
     scope: &EventScope,
 ) -> Result<usize, StepFailure> {
     let graph = &rt.graph;

@@ -6,10 +6,11 @@ use std::task::Poll;
 use std::time::Instant;
 
 use tracing::Instrument;
-use weir_functions::registry::Emitter;
+use weir_functions::Emitter;
 use weir_functions::{Context, FunctionError, Item, Limits, Metadata, Payload};
 
-use super::{EventScope, PipelineRuntime, StepFailure};
+use super::PipelineRuntime;
+use crate::event::{Rebuild, Scope as EventScope, StepFailure};
 
 /// Invokes step `index` on `item`, retrying retryable errors per the pipeline's
 /// `[retry]` policy. Permits are held only while the function runs, not while
@@ -49,9 +50,6 @@ pub(super) async fn step(
     })
     .await
 }
-
-/// Makes an item afresh for a retry.
-pub(super) type Rebuild<'a> = &'a (dyn Fn() -> Option<Item> + Send + Sync);
 
 /// One try of step `index`: deadline, cancellation, a log line.
 async fn once(

@@ -12,37 +12,24 @@
 //! finished. That is what `--resume` continues from after Ctrl-C or kill -9, and what
 //! later replays and the live trigger skip unless `--force`.
 
-mod objects;
 pub mod progress;
-mod ticks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+
+use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Pipeline;
-use crate::state::{Ledger, ObjectStatus};
-use crate::trigger::{cron, Acknowledge, Event, EventSink, EventSource, Outcome, TriggerConfig};
+use crate::event::{Acknowledge, Event, EventSink, Outcome, Work};
+use crate::state::Ledger;
+pub use crate::trigger::Window;
+use crate::trigger::{HistoryContext, HistoryItem};
 use crate::Engine;
-
-/// What to replay. Stored with the replay so `--resume` continues the same one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Objects modified (ticks scheduled) at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// … and before this one. Ticks default to now.
-    pub until: Option<DateTime<Utc>>,
-    /// Only keys under this prefix (within the trigger's prefix).
-    pub prefix: Option<String>,
-    /// Reprocess items the ledger records as done.
-    pub force: bool,
-}
 
 /// How to run a replay.
 #[derive(Debug, Clone, Default)]
@@ -89,22 +76,6 @@ pub struct Summary {
     pub elapsed_ms: u64,
 }
 
-/// One thing to run: its ledger entry and the event to run it as.
-pub(crate) struct ReplayItem {
-    pub key: String,
-    pub version: String,
-    pub source: EventSource,
-}
-
-/// Enumerates a replay's items in bounded chunks.
-#[async_trait::async_trait]
-pub(crate) trait ItemSource: Send {
-    /// The next chunk, or None at the end.
-    async fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<ReplayItem>>>;
-    /// The ledger URL this source's items are recorded under.
-    fn ledger_url(&self) -> &str;
-}
-
 /// Replays `pipeline` per `plan` until everything ran or `stop` is cancelled; what was
 /// in flight then finishes within the engine's grace period. With `on_item`, each item
 /// that would run is reported as it is submitted (`--dry-run` prints them).
@@ -114,22 +85,17 @@ pub async fn replay(
     plan: Plan,
     counters: Arc<Counters>,
     stop: CancellationToken,
-    mut on_item: impl FnMut(&EventSource) + Send,
+    mut on_item: impl FnMut(&dyn Work) + Send,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     // A dry run creates nothing, not even the ledger: without one, nothing is done yet.
     let ledger_exists = engine.state_dir.join(crate::state::LEDGER_FILE).exists();
     let ledger = if plan.dry_run && !ledger_exists { None } else { Some(engine.ledger()?) };
     let name: Arc<str> = Arc::from(pipeline.name.as_str());
-    let mut source: Box<dyn ItemSource> = match &pipeline.trigger {
-        TriggerConfig::ObjectStore(config) => Box::new(objects::Listing::new(engine, config, &plan.window)?),
-        TriggerConfig::Cron(config) => Box::new(ticks::Ticks::new(config, &plan.window, engine.clock.now())?),
-        TriggerConfig::Kafka(_) => anyhow::bail!("replaying Kafka pipelines is not supported yet"),
-    };
-    let concurrency = plan.concurrency.unwrap_or(match pipeline.trigger {
-        TriggerConfig::Cron(_) => 1,
-        _ => pipeline.limits.concurrency,
-    });
+    let history_ctx = HistoryContext { stores: engine.stores.clone(), now: engine.clock.now() };
+    let mut source = pipeline.trigger.history(&history_ctx, &plan.window)?;
+    let in_order = pipeline.trigger.replays_in_order();
+    let concurrency = plan.concurrency.unwrap_or(if in_order { 1 } else { pipeline.limits.concurrency });
     pipeline.limits.concurrency = concurrency.max(1);
 
     let replay_id = match (&plan.resume, &ledger) {
@@ -169,9 +135,7 @@ pub async fn replay(
         };
         let Some(chunk) = chunk else { break };
         counters.found.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        let chunk =
-            to_run(ledger.as_ref(), &name, source.ledger_url(), plan.resume.as_deref(), plan.window.force, chunk)
-                .await?;
+        let chunk = to_run(ledger.as_ref(), &name, plan.resume.as_deref(), plan.window.force, chunk).await?;
         for (item, skipped) in chunk {
             if skipped {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -183,18 +147,12 @@ pub async fn replay(
                     _ = pace.wait() => {}
                 }
             }
-            on_item(&item.source);
+            on_item(&*item.work);
             let (Some((sink, _, _)), Some(acker)) = (&executor, &acker) else {
                 counters.submitted.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let event = Event {
-                id: uuid::Uuid::now_v7().to_string(),
-                pipeline: name.clone(),
-                source: item.source,
-                received_at: std::time::SystemTime::now(),
-                acker: acker.clone(),
-            };
+            let event = Event::new(name.clone(), item.work, acker.clone());
             tokio::select! {
                 _ = stop.cancelled() => { interrupted = true; break 'chunks }
                 sent = sink.send(event) => {
@@ -248,22 +206,23 @@ pub async fn replay(
 async fn to_run(
     ledger: Option<&Ledger>,
     pipeline: &str,
-    url: &str,
     resumed: Option<&str>,
     force: bool,
-    chunk: Vec<ReplayItem>,
-) -> anyhow::Result<Vec<(ReplayItem, bool)>> {
+    chunk: Vec<HistoryItem>,
+) -> anyhow::Result<Vec<(HistoryItem, bool)>> {
     let mut skip = vec![false; chunk.len()];
     let Some(ledger) = ledger else { return Ok(chunk.into_iter().zip(skip).collect()) };
+    // A chunk comes from one listing: its items share their ledger "bucket".
+    let Some(url) = chunk.first().map(|i| i.entry.url.clone()) else { return Ok(Vec::new()) };
     if let Some(replay) = resumed {
-        let keys = chunk.iter().map(|i| i.key.clone()).collect();
+        let keys = chunk.iter().map(|i| i.entry.key.clone()).collect();
         let unfinished = ledger.unfinished_replay_items(replay, keys).await?;
         skip.iter_mut().for_each(|s| *s = true);
         unfinished.into_iter().for_each(|i| skip[i] = false);
     }
     if !force {
-        let candidates: Vec<_> = chunk.iter().map(|i| (i.key.clone(), i.version.clone())).collect();
-        let unseen = ledger.unseen_objects(pipeline, url, candidates).await?;
+        let candidates: Vec<_> = chunk.iter().map(|i| (i.entry.key.clone(), i.entry.version.clone())).collect();
+        let unseen = ledger.unseen_objects(pipeline, &url, candidates).await?;
         let mut seen = vec![true; chunk.len()];
         unseen.into_iter().for_each(|i| seen[i] = false);
         skip.iter_mut().zip(seen).for_each(|(s, seen)| *s |= seen);
@@ -281,16 +240,11 @@ struct ReplayAcker {
 #[async_trait::async_trait]
 impl Acknowledge for ReplayAcker {
     async fn ack(&self, event: &Event, outcome: Outcome) {
-        let (status, counter) = match outcome {
-            Outcome::Done => (ObjectStatus::Done, &self.counters.done),
-            Outcome::DeadLettered => (ObjectStatus::DeadLettered, &self.counters.failed),
-            Outcome::Abandoned => return,
-        };
-        let Some((url, key, version)) = ledger_entry(&event.source) else { return };
-        match self
-            .ledger
-            .record_replay_item(&self.replay, &event.id, &event.pipeline, &url, &key, &version, status)
-            .await
+        let Some(status) = outcome.ledger_status() else { return };
+        let counter = if outcome == Outcome::Done { &self.counters.done } else { &self.counters.failed };
+        let Some(entry) = event.work.ledger_entry() else { return };
+        let (url, key, version) = (&entry.url, &entry.key, &entry.version);
+        match self.ledger.record_replay_item(&self.replay, &event.id, &event.pipeline, url, key, version, status).await
         {
             Ok(()) => {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -300,20 +254,6 @@ impl Acknowledge for ReplayAcker {
                 tracing::error!(pipeline = %event.pipeline, key = %key, error = %e, "cannot record replayed item")
             }
         }
-    }
-}
-
-/// Where an event is recorded in the ledger: (url, key, version).
-fn ledger_entry(source: &EventSource) -> Option<(String, String, String)> {
-    match source {
-        EventSource::Object { url, key, version, .. } => Some((url.clone(), key.clone(), version.clone())),
-        EventSource::Schedule { time, .. } => {
-            Some((cron::LEDGER_URL.to_string(), cron::tick_key(*time), String::new()))
-        }
-        EventSource::ObjectRemoved { .. }
-        | EventSource::Kafka { .. }
-        | EventSource::KafkaChunk { .. }
-        | EventSource::Json { .. } => None,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Copy {
 
 #[async_trait::async_trait]
 impl Function for Copy {
+    fn writes(&self) -> Vec<crate::Output> {
+        super::output(&self.url, &self.key)
+    }
+
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let (source, source_key) = source_object(&item, ctx)?;
         let target = target_bucket(self.url.as_deref(), &item, ctx)?;

@@ -49,6 +49,10 @@ pub struct Manifest {
 
 #[async_trait::async_trait]
 impl Function for Manifest {
+    fn writes(&self) -> Vec<crate::Output> {
+        super::output(&self.url, &self.key)
+    }
+
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let entries: Vec<serde_json::Value> = match &item.payload {
             Payload::Collection(items) => items

@@ -126,3 +126,8 @@ pub async fn stream_copy(
     writer.finish().await.map_err(|e| FunctionError::from_store(context(), e))?;
     Ok(size)
 }
+
+/// What a function writing `key` to `url` declares in [`crate::Function::writes`].
+pub(crate) fn output(url: &Option<String>, key: &crate::template::KeyTemplate) -> Vec<crate::Output> {
+    vec![crate::Output { url: url.clone(), sample_key: key.sample(), param: "key" }]
+}

@@ -44,6 +44,10 @@ pub struct Put {
 
 #[async_trait::async_trait]
 impl Function for Put {
+    fn writes(&self) -> Vec<crate::Output> {
+        super::output(&self.url, &self.key)
+    }
+
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let bytes = match &item.payload {
             Payload::Bytes(b) => b.clone(),

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use object_store::{ObjectMeta, ObjectStore as _};
 use serde::Deserialize;
 
 use super::{age_reference, target_bucket};
-use crate::registry::Emitter;
+use crate::function::Emitter;
+use crate::key_filter::KeyFilter;
 use crate::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Metadata, Param, Payload};
 
 #[derive(Deserialize)]
@@ -78,57 +78,38 @@ pub fn spec() -> FunctionSpec {
                     })
                     .transpose()
             };
-            if p.prefix.starts_with('/') || p.prefix.split('/').any(|s| s == "..") {
-                return Err(BuildError::param("prefix", format!("{:?} must be a relative key prefix", p.prefix)));
-            }
+            let filter = KeyFilter::new(&p.prefix, &p.include, &p.exclude).map_err(|bad| {
+                let first = &bad[0];
+                BuildError::param(first.list, first.message.clone())
+            })?;
             Ok(Sweep {
                 url: p.url,
                 older_than: age("older_than", &p.older_than)?,
                 newer_than: age("newer_than", &p.newer_than)?,
-                include: globs("include", &p.include)?,
-                exclude: globs("exclude", &p.exclude)?,
-                prefix: p.prefix,
+                filter,
                 read: p.read,
             })
         },
     )
 }
 
-fn globs(param: &'static str, globs: &[String]) -> Result<Option<GlobSet>, BuildError> {
-    if globs.is_empty() {
-        return Ok(None);
-    }
-    let mut set = GlobSetBuilder::new();
-    for glob in globs {
-        let built = GlobBuilder::new(glob).case_insensitive(true).literal_separator(false).build();
-        set.add(built.map_err(|e| BuildError::param(param, format!("invalid glob {glob:?}: {}", e.kind())))?);
-    }
-    set.build().map(Some).map_err(|e| BuildError::param(param, e.to_string()))
-}
-
 pub struct Sweep {
     url: Option<String>,
-    prefix: String,
+    filter: KeyFilter,
     older_than: Option<Duration>,
     newer_than: Option<Duration>,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
     read: bool,
 }
 
 impl Sweep {
     fn wanted(&self, key: &str, meta: &ObjectMeta, reference: DateTime<Utc>) -> bool {
-        let Some(rest) = key.strip_prefix(&self.prefix) else { return false };
         let age = reference.signed_duration_since(meta.last_modified);
         let older = |d: &Duration| chrono::Duration::from_std(*d).is_ok_and(|d| age > d);
         let newer =
             |d: &Duration| chrono::Duration::from_std(*d).is_ok_and(|d| age <= d && age >= chrono::Duration::zero());
-        !rest.is_empty()
-            && !key.split('/').any(|s| s.starts_with('.'))
+        self.filter.matches(key)
             && self.older_than.as_ref().is_none_or(older)
             && self.newer_than.as_ref().is_none_or(newer)
-            && self.include.as_ref().is_none_or(|g| g.is_match(rest))
-            && !self.exclude.as_ref().is_some_and(|g| g.is_match(rest))
     }
 }
 
@@ -160,16 +141,19 @@ impl Function for Sweep {
         let bucket = target_bucket(self.url.as_deref(), &item, ctx)?;
         let reference = age_reference(&item);
         // Listings match whole segments: list the prefix's directory, filter the rest.
-        let dir = self.prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let dir = self.filter.dir();
         let list_prefix = if dir.is_empty() { bucket.prefix.clone() } else { bucket.path(dir)? };
-        let failed = |e| FunctionError::from_store(format!("listing {}/{}", bucket.url, self.prefix), e);
+        let failed = |e| FunctionError::from_store(format!("listing {}/{}", bucket.url, self.filter.prefix), e);
         let mut listing = bucket.store.list(Some(&list_prefix));
         let (mut listed, mut emitted) = (0u64, 0u64);
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(failed)?;
             listed += 1;
             if ctx.expired() {
-                return Err(FunctionError::retryable(format!("sweep of {}/{} cancelled", bucket.url, self.prefix)));
+                return Err(FunctionError::retryable(format!(
+                    "sweep of {}/{} cancelled",
+                    bucket.url, self.filter.prefix
+                )));
             }
             let Some(key) = bucket.key_of(&meta.location) else { continue };
             if !self.wanted(&key, &meta, reference) {
@@ -193,7 +177,7 @@ impl Function for Sweep {
             out.emit(Item::new(payload, metadata)).await?;
             emitted += 1;
         }
-        tracing::info!(url = %bucket.url, prefix = %self.prefix, listed, emitted, "swept");
+        tracing::info!(url = %bucket.url, prefix = %self.filter.prefix, listed, emitted, "swept");
         Ok(())
     }
 }

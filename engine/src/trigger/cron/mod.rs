@@ -8,11 +8,12 @@
 //! trustworthy: pending ticks are delivered again, and the newest recorded tick tells
 //! which ticks were missed while weir was down (`catch_up`).
 
+mod history;
 pub mod schedule;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -21,9 +22,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
-use super::{Acknowledge, Event, EventSink, EventSource, Outcome, Trigger, TriggerContext};
+use serde::Serialize;
+use weir_functions::{Item, LazyEvent, Metadata, Payload, TriggerEvent};
+
+use super::{History, HistoryContext, Trigger, TriggerContext, TriggerKind, TriggerSpec, Window};
+use crate::config::diagnostics::Reporter;
 use crate::config::units::HumanDuration;
-use crate::config::Reporter;
+use crate::error::EngineError;
+use crate::event::{Event, EventSink, LedgerAck, LedgerEntry, Ran, Runner, Scope, Work};
 use crate::state::ObjectStatus;
 pub use schedule::Schedule;
 
@@ -33,7 +39,7 @@ pub const LEDGER_URL: &str = "schedule:";
 /// The `[trigger]` table as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawConfig {
+pub struct RawConfig {
     #[serde(default)]
     schedule: Option<Spanned<String>>,
     #[serde(default)]
@@ -93,7 +99,7 @@ pub struct CronConfig {
 }
 
 impl RawConfig {
-    pub(crate) fn validate(self, report: &mut Reporter<'_>) -> Option<CronConfig> {
+    fn validate(self, report: &mut Reporter<'_>) -> Option<CronConfig> {
         let zone = match &self.timezone {
             None => Some(Tz::UTC),
             Some(name) => match name.get_ref().parse::<Tz>() {
@@ -137,6 +143,83 @@ impl RawConfig {
             overlap: self.overlap,
             jitter: self.jitter.map(|j| j.0).unwrap_or_default(),
         })
+    }
+}
+
+/// `kind = "cron"`.
+pub struct CronKind;
+
+impl TriggerKind for CronKind {
+    const NAME: &'static str = "cron";
+    type Raw = RawConfig;
+    type Config = CronConfig;
+
+    fn validate(raw: RawConfig, report: &mut Reporter<'_>) -> Option<CronConfig> {
+        raw.validate(report)
+    }
+}
+
+impl TriggerSpec for CronConfig {
+    fn kind(&self) -> &'static str {
+        CronKind::NAME
+    }
+
+    fn build(&self, ctx: TriggerContext) -> Arc<dyn Trigger> {
+        Arc::new(CronTrigger::new(self.clone(), ctx))
+    }
+
+    fn revive(&self, record: &serde_json::Value) -> Result<Arc<dyn Work>, String> {
+        let tick: TickWork = serde_json::from_value(record.clone()).map_err(|e| format!("not a schedule tick: {e}"))?;
+        Ok(Arc::new(tick))
+    }
+
+    fn history(&self, ctx: &HistoryContext, window: &Window) -> Result<Box<dyn History>, EngineError> {
+        Ok(Box::new(history::Ticks::new(self, window, ctx.now)?))
+    }
+
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+}
+
+/// A tick: its logical time and the schedule it belongs to. Serialized as its
+/// dead-letter record (`{"type": "schedule", …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "schedule")]
+pub struct TickWork {
+    /// The tick this run stands for, however late it runs.
+    pub time: DateTime<Utc>,
+    pub schedule: String,
+}
+
+#[async_trait::async_trait]
+impl Work for TickWork {
+    fn describe(&self) -> String {
+        format!("tick {}", tick_key(self.time))
+    }
+
+    fn record(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    fn ledger_entry(&self) -> Option<LedgerEntry> {
+        Some(LedgerEntry { url: LEDGER_URL.into(), key: tick_key(self.time), version: String::new() })
+    }
+
+    /// The item is the tick as JSON; `{attr.scheduled_time}`, `{attr.date}` and
+    /// `{attr.hour}` name outputs after the logical time; `ctx.event` is EventBridge's
+    /// scheduled event.
+    async fn run(&self, runner: &dyn Runner, event: &Event) -> Ran {
+        let logical = tick_key(self.time);
+        let mut meta = Metadata::default();
+        meta.attributes.insert("scheduled_time".into(), logical.clone());
+        meta.attributes.insert("date".into(), self.time.format("%Y-%m-%d").to_string());
+        meta.attributes.insert("hour".into(), self.time.format("%Y-%m-%dT%H").to_string());
+        let body =
+            serde_json::json!({ "scheduled_time": logical, "schedule": self.schedule, "pipeline": &*event.pipeline });
+        let lambda = TriggerEvent::scheduled(&event.id, &event.pipeline, self.time);
+        let scope = Scope::new(Some(LazyEvent::ready(lambda)), false);
+        runner.run(Item::new(Payload::Json(body), meta), None, &scope).await.into()
     }
 }
 
@@ -242,13 +325,12 @@ impl CronTrigger {
         let key = tick_key(tick);
         self.ctx.ledger.record_object(&self.ctx.pipeline, LEDGER_URL, &key, "", ObjectStatus::Pending).await?;
         self.running.send_modify(|n| *n += 1);
-        let event = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            pipeline: self.ctx.pipeline.clone(),
-            source: EventSource::Schedule { time: tick, schedule: self.config.schedule.text().to_string() },
-            received_at: SystemTime::now(),
-            acker: Arc::new(TickAcker { ctx: self.ctx.clone(), running: self.running.clone() }),
-        };
+        let work = TickWork { time: tick, schedule: self.config.schedule.text().to_string() };
+        // Records the tick as done or dead-lettered, then lets the next one through (`overlap`).
+        let running = self.running.clone();
+        let release = move |_: &Event| running.send_modify(|n| *n = n.saturating_sub(1));
+        let acker = LedgerAck::new(self.ctx.ledger.clone(), Some(Box::new(release)));
+        let event = Event::new(self.ctx.pipeline.clone(), Arc::new(work), acker);
         tracing::debug!(pipeline = %self.ctx.pipeline, tick = %key, "tick queued");
         if sink.send(event).await.is_err() {
             self.running.send_modify(|n| *n = n.saturating_sub(1));
@@ -268,7 +350,13 @@ impl CronTrigger {
 
 #[async_trait::async_trait]
 impl Trigger for CronTrigger {
-    async fn run(self: Arc<Self>, sink: EventSink, stop: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, sink: EventSink, stop: CancellationToken) -> Result<(), EngineError> {
+        self.tick(sink, stop).await.map_err(EngineError::from_anyhow)
+    }
+}
+
+impl CronTrigger {
+    async fn tick(self: Arc<Self>, sink: EventSink, stop: CancellationToken) -> anyhow::Result<()> {
         let (ledger, pipeline, clock) = (&self.ctx.ledger, &*self.ctx.pipeline, &self.ctx.clock);
         // Ticks queued before the last stop but never finished: run them again.
         for (url, key, _) in ledger.pending_objects(pipeline).await? {
@@ -297,31 +385,5 @@ impl Trigger for CronTrigger {
         tracing::info!(pipeline, "the schedule has no further ticks");
         stop.cancelled().await;
         Ok(())
-    }
-}
-
-/// Records a finished tick and lets the next one through (`overlap`).
-struct TickAcker {
-    ctx: TriggerContext,
-    running: Arc<watch::Sender<usize>>,
-}
-
-#[async_trait::async_trait]
-impl Acknowledge for TickAcker {
-    async fn ack(&self, event: &Event, outcome: Outcome) {
-        if let EventSource::Schedule { time, .. } = &event.source {
-            let status = match outcome {
-                Outcome::Done => Some(ObjectStatus::Done),
-                Outcome::DeadLettered => Some(ObjectStatus::DeadLettered),
-                Outcome::Abandoned => None, // stays pending: delivered again on the next start
-            };
-            if let Some(status) = status {
-                let key = tick_key(*time);
-                if let Err(e) = self.ctx.ledger.record_object(&self.ctx.pipeline, LEDGER_URL, &key, "", status).await {
-                    tracing::error!(pipeline = %self.ctx.pipeline, tick = %key, error = %e, "cannot record tick in the ledger");
-                }
-            }
-        }
-        self.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::offsets::Partition;
-use crate::trigger::{Acknowledge, Event, Outcome};
+use crate::event::{Acknowledge, Event, Outcome};
 
 /// Most records in a chunk (without `batch_size`).
 pub const MAX_RECORDS: usize = 500;
@@ -124,7 +124,7 @@ impl Acknowledge for ChunkAcker {
         let _ = self.wake.send(Wake::Ended { partition: self.partition.clone(), id: self.progress.id });
     }
 
-    fn ack_record(&self, index: usize) {
+    fn ack_part(&self, index: usize) {
         self.progress.finish(index);
         if self.count.as_ref().is_some_and(|count| count.add_one()) {
             let _ = self.wake.send(Wake::CommitDue);

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -21,8 +21,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::chunk::{self, ChunkAcker, FinishedCount, Progress, Wake};
 use super::context::KafkaContext;
 use super::offsets::{Offsets, Partition};
+use super::run::ChunkWork;
 use super::{KafkaConfig, Ordering, Record, RecordHeader};
-use crate::trigger::{Event, EventSink, EventSource};
+use crate::event::{Event, EventSink};
 
 /// Messages taken per poll round before chunks are handed over.
 const POLL_BUDGET: usize = 2_000;
@@ -276,18 +277,14 @@ impl State {
             }
             let progress = Arc::new(Progress::new(id, records.iter().map(|r| r.offset).collect()));
             self.offsets.started(partition, progress.clone());
-            let event = Event {
-                id: uuid::Uuid::now_v7().to_string(),
-                pipeline: self.pipeline.clone(),
-                source: EventSource::KafkaChunk { records: records.into() },
-                received_at: SystemTime::now(),
-                acker: Arc::new(ChunkAcker {
-                    progress,
-                    partition: partition.clone(),
-                    wake: self.wake_tx.clone(),
-                    count: self.finished.clone(),
-                }),
+            let work = ChunkWork { config: self.config.clone(), records: records.into() };
+            let acker = ChunkAcker {
+                progress,
+                partition: partition.clone(),
+                wake: self.wake_tx.clone(),
+                count: self.finished.clone(),
             };
+            let event = Event::new(self.pipeline.clone(), Arc::new(work), Arc::new(acker));
             if self.sink.try_send(event).is_err() {
                 // The executor is gone: we are stopping.
                 self.stopping = true;

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -13,12 +15,14 @@ use weir_functions::kafka::{Outgoing, RecordProducer};
 use weir_functions::{ErrorKind, FunctionError};
 
 use super::{KafkaConfig, Record};
-use crate::executor::dead_letter::DeadLetter;
-use crate::trigger::EventSource;
+use crate::error::EngineError;
+use crate::event::dead_letter::Listed;
+use crate::event::{DeadLetter, DeadLetterStore};
+use crate::state::{Ledger, ObjectStatus};
 
 /// Dead letters read back from a topic: (topic/partition/offset, the letter or why it
 /// could not be read).
-pub type Letters = Vec<(String, Result<DeadLetter, String>)>;
+type Letters = Vec<Listed>;
 
 /// The scheme of a dead-letter topic URL.
 pub const SCHEME: &str = "kafka://";
@@ -31,25 +35,33 @@ pub fn topic_of(url: &str) -> Option<&str> {
     url.strip_prefix(SCHEME).map(|t| t.trim_end_matches('/'))
 }
 
-/// Where a Kafka pipeline's dead letters go.
+/// Where a Kafka pipeline's dead letters go. Records cannot be removed from a topic,
+/// so the ledger remembers which ones were re-driven (by topic position), and only the
+/// others are listed.
 pub struct DeadLetterTopic {
     pub topic: String,
     producer: RecordProducer,
     config: KafkaConfig,
+    ledger: Ledger,
 }
 
 impl DeadLetterTopic {
     /// A writer on the trigger's cluster, with its librdkafka options (security settings
     /// apply to both; consumer-only options are left out).
-    pub fn new(topic: &str, config: &KafkaConfig) -> Result<Self, String> {
+    pub fn new(topic: &str, config: &KafkaConfig, ledger: Ledger) -> Result<Self, EngineError> {
         let options: Vec<(String, String)> =
             config.librdkafka.iter().filter(|(k, _)| shared_option(k)).cloned().collect();
-        let producer = RecordProducer::new(&config.brokers, &options)?;
-        Ok(Self { topic: topic.to_string(), producer, config: config.clone() })
+        let producer = RecordProducer::new(&config.brokers, &options).map_err(EngineError::fatal)?;
+        Ok(Self { topic: topic.to_string(), producer, config: config.clone(), ledger })
+    }
+
+    /// The ledger's "bucket" for this topic's settled letters.
+    fn ledger_url(&self) -> String {
+        format!("{SCHEME}{}", self.topic)
     }
 
     /// Produces `letter`; done once the broker acknowledged it.
-    pub async fn write(&self, letter: &DeadLetter) -> Result<String, FunctionError> {
+    async fn produce(&self, letter: &DeadLetter) -> Result<String, FunctionError> {
         let attempts = letter.attempts.to_string();
         let redrives = letter.redrives.to_string();
         let received = letter.received_at.to_rfc3339();
@@ -71,8 +83,11 @@ impl DeadLetterTopic {
         ];
         let (partition, offset, timestamp);
         let json;
-        let (key, value) = match &letter.event {
-            EventSource::Kafka { record } => {
+        let record: Option<Record> = (letter.event.get("type").and_then(|t| t.as_str()) == Some("kafka"))
+            .then(|| letter.event.get("record").cloned().and_then(|r| serde_json::from_value(r).ok()))
+            .flatten();
+        let (key, value) = match &record {
+            Some(record) => {
                 partition = record.partition.to_string();
                 offset = record.offset.to_string();
                 timestamp = record.timestamp.map(|t| t.to_rfc3339()).unwrap_or_default();
@@ -93,8 +108,8 @@ impl DeadLetterTopic {
                 (record.key.as_deref().map(str::as_bytes), &record.value[..])
             }
             // Anything else (a malformed input) travels as the event's JSON.
-            other => {
-                json = serde_json::to_vec(other)
+            None => {
+                json = serde_json::to_vec(&letter.event)
                     .map_err(|e| FunctionError::permanent(format!("cannot serialise dead letter: {e}")))?;
                 (None, &json[..])
             }
@@ -106,11 +121,52 @@ impl DeadLetterTopic {
 
     /// Every dead letter on the topic, oldest first per partition, up to the end the
     /// topic had when the call started. Read without a consumer group: nothing moves.
-    pub async fn read_all(&self) -> Result<Letters, String> {
+    async fn read_all(&self) -> Result<Letters, String> {
         let (topic, config) = (self.topic.clone(), self.config.clone());
         tokio::task::spawn_blocking(move || read_topic(&topic, &config))
             .await
             .map_err(|e| format!("reading topic {:?}: {e}", self.topic))?
+    }
+
+    /// Whether the letter at `position` was handled by an earlier redrive.
+    async fn settled(&self, pipeline: &str, position: &str, letter: &DeadLetter) -> bool {
+        let url = self.ledger_url();
+        self.ledger.object_seen(pipeline, &url, position, &letter.id).await.unwrap_or(false)
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetterStore for DeadLetterTopic {
+    async fn write(&self, letter: &DeadLetter) -> Result<String, FunctionError> {
+        self.produce(letter).await
+    }
+
+    fn list<'a>(&'a self, pipeline: &'a str) -> BoxStream<'a, Listed> {
+        futures::stream::once(self.read_all())
+            .flat_map(move |read| {
+                let letters = read.unwrap_or_else(|e| vec![(self.ledger_url(), Err(e))]);
+                futures::stream::iter(letters)
+            })
+            .filter_map(move |(position, letter)| async move {
+                match &letter {
+                    Ok(l) if l.pipeline != pipeline || self.settled(pipeline, &position, l).await => None,
+                    _ => Some((position, letter)),
+                }
+            })
+            .boxed()
+    }
+
+    async fn settle(&self, position: &str, letter: &DeadLetter) -> Result<(), EngineError> {
+        let url = self.ledger_url();
+        Ok(self.ledger.record_object(&letter.pipeline, &url, position, &letter.id, ObjectStatus::Done).await?)
+    }
+
+    /// A record that failed again is produced to the topic anew (redrives + 1), and the
+    /// old one settled: superseded by the new.
+    async fn replace(&self, position: &str, letter: &DeadLetter) -> Result<String, EngineError> {
+        let at = self.produce(letter).await?;
+        self.settle(position, letter).await?;
+        Ok(at)
     }
 }
 
@@ -196,7 +252,7 @@ fn letter_of(message: &impl Message) -> Result<DeadLetter, String> {
     Ok(DeadLetter {
         id: field("weir.event_id")?,
         pipeline: field("weir.pipeline")?,
-        event: EventSource::Kafka { record },
+        event: serde_json::json!({ "type": "kafka", "record": record }),
         step: field("weir.step")?,
         error: field("weir.error")?,
         error_kind: if field("weir.error_kind")? == "retryable" { ErrorKind::Retryable } else { ErrorKind::Permanent },

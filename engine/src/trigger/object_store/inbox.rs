@@ -7,24 +7,17 @@
 //! buffering without bound.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use object_store::ObjectStoreExt;
+use weir_functions::key_filter::bucket_name;
 
-use super::{Candidate, Consider, ObjectStoreTrigger};
+use super::{Candidate, Consider, ObjectStoreTrigger, ObjectWork};
+use crate::event::{Event, NoAck};
 use crate::trigger::notification::{self, Change, Notification, ObjectNotice};
-use crate::trigger::{Acknowledge, Delivery, Event, EventSource, Inbox, InboxError, Outcome};
+use crate::trigger::{Delivery, Inbox, InboxError};
 
 /// How long a notification arriving during start-up waits for the trigger.
 const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Removal events have nothing to record.
-struct NoRecord;
-
-#[async_trait::async_trait]
-impl Acknowledge for NoRecord {
-    async fn ack(&self, _event: &Event, _outcome: Outcome) {}
-}
 
 /// Why a notified object was not queued.
 enum Ignored {
@@ -77,7 +70,7 @@ impl ObjectStoreTrigger {
         &self,
         bucket: &weir_functions::Bucket,
         notice: ObjectNotice,
-        sink: &crate::trigger::EventSink,
+        sink: &crate::event::EventSink,
     ) -> anyhow::Result<Option<Ignored>> {
         let pipeline = &*self.ctx.pipeline;
         let Some(key) = relative_key(bucket, &notice) else {
@@ -92,13 +85,9 @@ impl ObjectStoreTrigger {
             if !self.config.removals {
                 return Ok(Some(Ignored::Filtered));
             }
-            let event = Event {
-                id: uuid::Uuid::now_v7().to_string(),
-                pipeline: self.ctx.pipeline.clone(),
-                source: EventSource::ObjectRemoved { url: bucket.url.clone(), key },
-                received_at: SystemTime::now(),
-                acker: Arc::new(NoRecord),
-            };
+            // Removals have nothing to record.
+            let work = ObjectWork::ObjectRemoved { url: bucket.url.clone(), key };
+            let event = Event::new(self.ctx.pipeline.clone(), Arc::new(work), Arc::new(NoAck));
             sink.send(event).await.map_err(|e| anyhow::anyhow!(e))?;
             return Ok(None);
         }
@@ -129,9 +118,7 @@ impl ObjectStoreTrigger {
 
 /// The notice's key relative to the trigger's URL, if it is in the URL's bucket and prefix.
 fn relative_key(bucket: &weir_functions::Bucket, notice: &ObjectNotice) -> Option<String> {
-    let (_, rest) = bucket.url.split_once("://")?;
-    let bucket_name = rest.split('/').next().unwrap_or(rest);
-    if notice.bucket != bucket_name {
+    if Some(&notice.bucket) != bucket_name(&bucket.url).as_ref() {
         return None;
     }
     let prefix = bucket.prefix.as_ref();

@@ -16,242 +16,33 @@
 //! finished (see [`Acknowledge`]), so a crash at any point re-delivers it on the next
 //! start, and a notification answered with 2xx is never lost.
 
+mod config;
+mod event;
+mod history;
 mod inbox;
 mod poll;
 mod watch;
 
-use std::collections::{BTreeMap, HashSet};
+pub(crate) use config::key_filter;
+pub use config::{Detect, KeyOrder, ObjectStoreConfig, ObjectStoreKind, RawConfig};
+pub(crate) use event::ObjectRun;
+pub use event::ObjectWork;
+
+use std::collections::HashSet;
 use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use object_store::{ObjectMeta, ObjectStoreExt};
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use toml::Spanned;
 use weir_functions::Bucket;
 
-use super::{Acknowledge, Event, EventSink, EventSource, Inbox, Outcome, Trigger, TriggerContext};
-use crate::config::units::HumanDuration;
-use crate::config::Reporter;
+use super::{Inbox, Trigger, TriggerContext};
+use crate::error::EngineError;
+use crate::event::{Acknowledge, Event, EventSink, LedgerAck};
 use crate::state::ObjectStatus;
 use watch::Change;
-
-/// The `[trigger]` table as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawConfig {
-    url: String,
-    #[serde(default)]
-    prefix: String,
-    #[serde(default)]
-    include: Vec<Spanned<String>>,
-    #[serde(default)]
-    exclude: Vec<Spanned<String>>,
-    #[serde(default)]
-    detect: Option<Detect>,
-    #[serde(default, alias = "rescan_interval")]
-    poll_interval: Option<HumanDuration>,
-    #[serde(default = "default_poll_page")]
-    poll_page: Spanned<usize>,
-    #[serde(default)]
-    keys: KeyOrder,
-    #[serde(default)]
-    settle: Option<HumanDuration>,
-    #[serde(default = "default_events")]
-    events: Vec<Spanned<String>>,
-    #[serde(default)]
-    verify: bool,
-    #[serde(default)]
-    options: BTreeMap<Spanned<String>, String>,
-}
-
-fn default_poll_page() -> Spanned<usize> {
-    Spanned::new(0..0, 1000)
-}
-fn default_events() -> Vec<Spanned<String>> {
-    vec![Spanned::new(0..0, "created".to_string())]
-}
-
-/// How new objects are noticed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Detect {
-    /// List the prefix every `poll_interval`.
-    Poll,
-    /// Only bucket notifications posted to `/v1/notifications/{pipeline}`.
-    Notifications,
-    /// Notifications for latency, plus a reconciling poll every `poll_interval`.
-    Hybrid,
-    /// inotify (`file://` only), plus a re-listing every `poll_interval`.
-    Watch,
-}
-
-/// Whether new keys always sort after old ones, which lets polls start after the last
-/// key seen instead of passing over the whole prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyOrder {
-    /// Keys arrive in any order: every pass lists the whole prefix (page by page).
-    #[default]
-    Any,
-    /// Keys only grow (timestamped or sequenced names): polls continue after the last
-    /// key seen and never go back. Changes to old keys are not noticed.
-    Ascending,
-}
-
-/// A validated object-store trigger configuration.
-#[derive(Debug, Clone)]
-pub struct ObjectStoreConfig {
-    pub url: String,
-    pub filter: KeyFilter,
-    pub detect: Detect,
-    /// How often the prefix is listed (poll, hybrid, watch).
-    pub poll_interval: Duration,
-    /// Most keys examined per listing page; the cursor is saved after each page.
-    pub poll_page: usize,
-    pub keys: KeyOrder,
-    /// Objects modified more recently than this are left for the next look: a writer
-    /// may still be at work (local directories; cloud objects appear complete).
-    pub settle: Duration,
-    /// Also deliver `ObjectRemoved` notifications.
-    pub removals: bool,
-    /// HEAD each notified object before queueing it (skips objects deleted since).
-    pub verify: bool,
-    /// object_store configuration keys for this URL (`aws_endpoint`, …).
-    pub options: Vec<(String, String)>,
-}
-
-impl RawConfig {
-    pub(crate) fn validate(self, report: &mut Reporter<'_>) -> Option<ObjectStoreConfig> {
-        let include = compile_globs(&self.include, report);
-        let exclude = compile_globs(&self.exclude, report);
-        let (include, exclude) = (include?, exclude?);
-        let mut ok = true;
-        if self.prefix.starts_with('/') || self.prefix.split('/').any(|s| s == "..") {
-            report.error(0..0, format!("trigger prefix {:?} must be a relative key prefix", self.prefix));
-            ok = false;
-        }
-        let scheme = self.url.split_once("://").map(|(s, _)| s).unwrap_or("");
-        if !matches!(scheme, "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "adl") {
-            report.error(0..0, format!("trigger url {:?}: use file://, memory://, s3://, gs:// or az://", self.url));
-            ok = false;
-        }
-        let local = scheme == "file";
-        let detect = self.detect.unwrap_or(if local { Detect::Watch } else { Detect::Poll });
-        if detect == Detect::Watch && !local {
-            report.error(0..0, format!("detect = \"watch\" needs a file:// bucket, not {}", self.url));
-            ok = false;
-        }
-        if *self.poll_page.get_ref() == 0 {
-            report.error(self.poll_page.span(), "poll_page must be at least 1");
-            ok = false;
-        }
-        let mut removals = false;
-        for event in &self.events {
-            match event.get_ref().as_str() {
-                "created" => {}
-                "removed" => removals = true,
-                other => {
-                    report.error(event.span(), format!("unknown event {other:?} (created, removed)"));
-                    ok = false;
-                }
-            }
-        }
-        let options: Vec<(String, String)> =
-            self.options.iter().map(|(k, v)| (k.get_ref().clone(), v.clone())).collect();
-        if !local && scheme != "memory" {
-            for unknown in weir_functions::store::unknown_option_keys(&self.url, &options) {
-                let span = self.options.keys().find(|k| *k.get_ref() == unknown).map(|k| k.span()).unwrap_or(0..0);
-                report.error(span, format!("unknown object_store option {unknown:?} for {scheme}:// (see object_store's config keys, e.g. aws_endpoint)"));
-                ok = false;
-            }
-        } else if let Some(key) = self.options.keys().next() {
-            report.error(key.span(), format!("[trigger.options] only apply to cloud stores, not {scheme}://"));
-            ok = false;
-        }
-        ok.then(|| ObjectStoreConfig {
-            url: self.url,
-            filter: KeyFilter { prefix: self.prefix, include, exclude },
-            detect,
-            poll_interval: self
-                .poll_interval
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(30))
-                .max(Duration::from_millis(10)),
-            poll_page: *self.poll_page.get_ref(),
-            keys: self.keys,
-            settle: self.settle.map(|d| d.0).unwrap_or(if local { Duration::from_millis(500) } else { Duration::ZERO }),
-            removals,
-            verify: self.verify,
-            options,
-        })
-    }
-}
-
-pub(crate) fn compile_globs(globs: &[Spanned<String>], report: &mut Reporter<'_>) -> Option<Option<GlobSet>> {
-    if globs.is_empty() {
-        return Some(None);
-    }
-    let mut set = GlobSetBuilder::new();
-    let mut ok = true;
-    for glob in globs {
-        // Case-insensitive, `*` crosses `/`: "*.jpg" means "any key ending in .jpg/.JPG",
-        // like an S3 suffix filter.
-        match GlobBuilder::new(glob.get_ref()).case_insensitive(true).literal_separator(false).build() {
-            Ok(g) => {
-                set.add(g);
-            }
-            Err(e) => {
-                report.error(glob.span(), format!("invalid glob {:?}: {}", glob.get_ref(), e.kind()));
-                ok = false;
-            }
-        }
-    }
-    if !ok {
-        return None;
-    }
-    match set.build() {
-        Ok(set) => Some(Some(set)),
-        Err(e) => {
-            report.error(globs[0].span(), format!("invalid globs: {e}"));
-            None
-        }
-    }
-}
-
-/// Which keys a trigger cares about.
-#[derive(Debug, Clone)]
-pub struct KeyFilter {
-    pub prefix: String,
-    /// Matched against the key after `prefix`. None: everything.
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
-}
-
-impl KeyFilter {
-    pub(crate) fn new(prefix: String, include: Option<GlobSet>, exclude: Option<GlobSet>) -> Self {
-        Self { prefix, include, exclude }
-    }
-
-    /// True if `key` is under the prefix, included, not excluded, and no segment is
-    /// hidden (`.name`: editor and rsync temp files, weir's own state directory).
-    pub fn matches(&self, key: &str) -> bool {
-        let Some(rest) = key.strip_prefix(&self.prefix) else { return false };
-        if rest.is_empty() || key.split('/').any(|s| s.starts_with('.')) {
-            return false;
-        }
-        self.include.as_ref().is_none_or(|g| g.is_match(rest))
-            && !self.exclude.as_ref().is_some_and(|g| g.is_match(rest))
-    }
-
-    /// The directory part of the prefix: what to list or watch.
-    pub(crate) fn dir(&self) -> &str {
-        self.prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
-    }
-}
 
 /// The running trigger.
 pub struct ObjectStoreTrigger {
@@ -263,33 +54,6 @@ pub struct ObjectStoreTrigger {
     /// A watch rather than a plain cell so a notification arriving while the engine is
     /// still starting waits for the trigger instead of being refused.
     running: tokio::sync::watch::Sender<Option<(EventSink, CancellationToken)>>,
-}
-
-/// Records finished objects in the ledger and releases them from `in_flight`.
-struct ObjectAcker {
-    ctx: TriggerContext,
-    in_flight: Arc<Mutex<HashSet<String>>>,
-}
-
-#[async_trait::async_trait]
-impl Acknowledge for ObjectAcker {
-    async fn ack(&self, event: &Event, outcome: Outcome) {
-        if let EventSource::Object { url, key, version, .. } = &event.source {
-            let status = match outcome {
-                Outcome::Done => Some(ObjectStatus::Done),
-                Outcome::DeadLettered => Some(ObjectStatus::DeadLettered),
-                // Stays pending: delivered again on the next start (or the next poll).
-                Outcome::Abandoned => None,
-            };
-            if let Some(status) = status {
-                if let Err(e) = self.ctx.ledger.record_object(&self.ctx.pipeline, url, key, version, status).await {
-                    // Not recorded means processed again after a restart: safe, outputs are idempotent.
-                    tracing::error!(pipeline = %self.ctx.pipeline, key = %key, error = %e, "cannot record object in the ledger");
-                }
-            }
-            self.in_flight.lock().expect("in-flight lock").remove(key);
-        }
-    }
 }
 
 /// An object that may need processing, from a listing, a watcher or a notification.
@@ -338,8 +102,17 @@ impl ObjectStoreTrigger {
         Self { config, ctx, in_flight: Default::default(), running: tokio::sync::watch::Sender::new(None) }
     }
 
+    /// Records the object as done or dead-lettered, then lets its key be submitted again.
     fn acker(&self) -> Arc<dyn Acknowledge> {
-        Arc::new(ObjectAcker { ctx: self.ctx.clone(), in_flight: self.in_flight.clone() })
+        let in_flight = self.in_flight.clone();
+        LedgerAck::new(
+            self.ctx.ledger.clone(),
+            Some(Box::new(move |event: &Event| {
+                if let Some(entry) = event.work.ledger_entry() {
+                    in_flight.lock().expect("in-flight lock").remove(&entry.key);
+                }
+            })),
+        )
     }
 
     /// Queues an object that the ledger says is new or changed: recorded as pending
@@ -357,19 +130,14 @@ impl ObjectStoreTrigger {
             self.in_flight.lock().expect("in-flight lock").remove(&candidate.key);
             return Err(e.into());
         }
-        let event = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            pipeline: self.ctx.pipeline.clone(),
-            source: EventSource::Object {
-                url: bucket.url.clone(),
-                key: candidate.key,
-                size: candidate.size,
-                version: candidate.version,
-                last_modified: candidate.last_modified,
-            },
-            received_at: SystemTime::now(),
-            acker: self.acker(),
+        let work = ObjectWork::Object {
+            url: bucket.url.clone(),
+            key: candidate.key,
+            size: candidate.size,
+            version: candidate.version,
+            last_modified: candidate.last_modified,
         };
+        let event = Event::new(self.ctx.pipeline.clone(), Arc::new(work), self.acker());
         if sink.send(event).await.is_err() {
             anyhow::bail!("executor stopped");
         }
@@ -462,7 +230,17 @@ impl ObjectStoreTrigger {
 
 #[async_trait::async_trait]
 impl Trigger for ObjectStoreTrigger {
-    async fn run(self: Arc<Self>, sink: EventSink, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, sink: EventSink, shutdown: CancellationToken) -> Result<(), EngineError> {
+        self.watch_and_poll(sink, shutdown).await.map_err(EngineError::from_anyhow)
+    }
+
+    fn inbox(self: Arc<Self>) -> Option<Arc<dyn Inbox>> {
+        matches!(self.config.detect, Detect::Notifications | Detect::Hybrid).then(|| self as Arc<dyn Inbox>)
+    }
+}
+
+impl ObjectStoreTrigger {
+    async fn watch_and_poll(self: Arc<Self>, sink: EventSink, shutdown: CancellationToken) -> anyhow::Result<()> {
         let bucket = self.ctx.stores.resolve(&self.config.url)?;
         // Watch the deepest directory the prefix names (created if missing).
         let (root, _watcher, mut changes) = match (&bucket.local_root, self.config.detect) {
@@ -510,41 +288,5 @@ impl Trigger for ObjectStoreTrigger {
                 },
             }
         }
-    }
-
-    fn inbox(self: Arc<Self>) -> Option<Arc<dyn Inbox>> {
-        matches!(self.config.detect, Detect::Notifications | Detect::Hybrid).then(|| self as Arc<dyn Inbox>)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn filter(prefix: &str, include: &[&str], exclude: &[&str]) -> KeyFilter {
-        let globs = |g: &[&str]| -> Option<GlobSet> {
-            if g.is_empty() {
-                return None;
-            }
-            let mut b = GlobSetBuilder::new();
-            for p in g {
-                b.add(GlobBuilder::new(p).case_insensitive(true).build().unwrap());
-            }
-            Some(b.build().unwrap())
-        };
-        KeyFilter { prefix: prefix.into(), include: globs(include), exclude: globs(exclude) }
-    }
-
-    #[test]
-    fn filter_honours_prefix_globs_and_hidden_files() {
-        let f = filter("inbox/", &["*.jpg", "*.png"], &["tmp/**"]);
-        assert!(f.matches("inbox/a.jpg"));
-        assert!(f.matches("inbox/deep/er/A.JPG"));
-        assert!(!f.matches("inbox/a.gif"));
-        assert!(!f.matches("processed/a.jpg"));
-        assert!(!f.matches("inbox/tmp/a.jpg"));
-        assert!(!f.matches("inbox/.a.jpg.tmp"));
-        assert!(!f.matches("inbox/.weir/x.jpg"));
-        assert!(!f.matches("inbox/"));
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use weir_functions::Bucket;
 
 use super::{Candidate, Consider, KeyOrder, ObjectStoreTrigger};
-use crate::trigger::EventSink;
+use crate::event::EventSink;
 
 /// Keys checked against the ledger in one call.
 const CHUNK: usize = 500;

@@ -1,4 +1,5 @@
-//! Kafka records: running a chunk of one partition's consecutive records.
+//! Running Kafka records: a chunk of one partition's consecutive records, or one record
+//! on its own (`weir dlq redrive`).
 //!
 //! Each record is its own unit of work — its own walk through the steps, its own
 //! retries, its own dead letter — and is reported finished to the trigger as soon as
@@ -15,121 +16,146 @@ use std::task::Poll;
 use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use weir_functions::trigger_event::{ObjectChange, RecordFacts};
+use weir_functions::trigger_event::RecordFacts;
 use weir_functions::{FunctionError, Item, LazyEvent, Metadata, Payload, SourceAttributes, TriggerEvent};
 
-use super::{graph, invoke, EventScope, PipelineRuntime, StepFailure};
-use crate::trigger::kafka::{KafkaConfig, Ordering, Record, RecordFormat};
-use crate::trigger::notification::{self, Change, Notification, ObjectNotice};
-use crate::trigger::{Event, EventSource, Outcome, TriggerConfig};
+use super::{KafkaConfig, Ordering, Record, RecordFormat};
+use crate::event::{Event, Outcome, Ran, Runner, Scope, Settled, StepFailure, Work};
+use crate::trigger::notification::{self, Change, Notification};
+use crate::trigger::object_store::ObjectRun;
 
-/// Runs a chunk and acknowledges it. Records finished before a shutdown stay finished
-/// (and get committed); the rest are delivered again.
-pub(super) async fn process(rt: &PipelineRuntime, event: Event, records: Arc<[Record]>) -> Outcome {
-    if !event.acker.wanted() {
-        // Its partition was revoked while it waited: the next owner runs it.
-        event.acker.ack(&event, Outcome::Abandoned).await;
-        return Outcome::Abandoned;
-    }
-    let Some(config) = kafka_config(rt) else {
-        tracing::error!(pipeline = %rt.name, "Kafka records for a pipeline without a Kafka trigger");
-        event.acker.ack(&event, Outcome::Abandoned).await;
-        return Outcome::Abandoned;
-    };
-    // Unconstrained by tokio's cooperative budget: quick records run back to back, and
-    // a yield forced by the budget would look like a record waiting (and add a worker).
-    tokio::task::unconstrained(run_chunk(rt, config, event, records)).await
+/// Consecutive records of one partition, delivered together ([`super::chunk`]); each
+/// finishes, and is dead-lettered, on its own.
+pub struct ChunkWork {
+    pub config: Arc<KafkaConfig>,
+    pub records: Arc<[Record]>,
 }
 
-async fn run_chunk(rt: &PipelineRuntime, config: &KafkaConfig, event: Event, records: Arc<[Record]>) -> Outcome {
-    rt.stats.events_running.fetch_add(1, AtomicOrdering::Relaxed);
-    let started = Instant::now();
-    let run = Chunk {
-        rt,
-        config,
-        event: &event,
-        records: &records,
-        brokers: Arc::from(config.brokers.as_str()),
-        dead_lettered: AtomicUsize::new(0),
-        first_error: Mutex::new(None),
-        abandoned: AtomicBool::new(false),
-    };
-    if config.batch.is_some() {
-        run.as_batch().await;
-    } else {
-        // Units of records that run in order, one after another; units side by side.
-        let units: Vec<Vec<usize>> = match config.ordering {
-            Ordering::Partition => vec![(0..records.len()).collect()],
-            Ordering::Key => {
-                let mut keys: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
-                for (index, record) in records.iter().enumerate() {
-                    match keys.iter_mut().find(|(k, _)| *k == record.key.as_deref()) {
-                        Some((_, indices)) => indices.push(index),
-                        None => keys.push((record.key.as_deref(), vec![index])),
-                    }
-                }
-                keys.into_iter().map(|(_, indices)| indices).collect()
-            }
-            Ordering::None => (0..records.len()).map(|i| vec![i]).collect(),
+#[async_trait::async_trait]
+impl Work for ChunkWork {
+    fn describe(&self) -> String {
+        let records = &self.records;
+        match (records.first(), records.last()) {
+            (Some(first), Some(last)) if records.len() > 1 => format!("{}..={}", first.name(), last.offset),
+            (Some(first), _) => first.name(),
+            _ => "<no records>".into(),
+        }
+    }
+
+    /// Never dead-lettered whole (its records are, one by one, as [`RecordWork`]).
+    fn record(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "kafka_chunk", "records": &*self.records })
+    }
+
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    /// Records finished before a shutdown stay finished (and get committed); the rest
+    /// are delivered again.
+    async fn run(&self, runner: &dyn Runner, event: &Event) -> Ran {
+        // Unconstrained by tokio's cooperative budget: quick records run back to back, and
+        // a yield forced by the budget would look like a record waiting (and add a worker).
+        Ran::Settled(tokio::task::unconstrained(self.run_chunk(runner, event)).await)
+    }
+}
+
+impl ChunkWork {
+    async fn run_chunk(&self, runner: &dyn Runner, event: &Event) -> Settled {
+        let (config, records) = (&self.config, &self.records);
+        let started = Instant::now();
+        let run = Chunk {
+            runner,
+            config,
+            event,
+            records,
+            brokers: Arc::from(config.brokers.as_str()),
+            dead_lettered: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
         };
-        run.run_units(&units, rt.pipeline.limits.concurrency).await;
+        if config.batch.is_some() {
+            run.as_batch().await;
+        } else {
+            // Units of records that run in order, one after another; units side by side.
+            let units: Vec<Vec<usize>> = match config.ordering {
+                Ordering::Partition => vec![(0..records.len()).collect()],
+                Ordering::Key => {
+                    let mut keys: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+                    for (index, record) in records.iter().enumerate() {
+                        match keys.iter_mut().find(|(k, _)| *k == record.key.as_deref()) {
+                            Some((_, indices)) => indices.push(index),
+                            None => keys.push((record.key.as_deref(), vec![index])),
+                        }
+                    }
+                    keys.into_iter().map(|(_, indices)| indices).collect()
+                }
+                Ordering::None => (0..records.len()).map(|i| vec![i]).collect(),
+            };
+            run.run_units(&units, runner.concurrency()).await;
+        }
+        let dead = run.dead_lettered.load(AtomicOrdering::Relaxed);
+        let abandoned = run.abandoned.load(AtomicOrdering::Relaxed);
+        let outcome = match (abandoned, dead) {
+            (true, _) => Outcome::Abandoned,
+            (false, 0) => Outcome::Done,
+            (false, _) => Outcome::DeadLettered,
+        };
+        tracing::debug!(pipeline = %runner.pipeline(), records = %self.describe(), count = records.len(),
+            dead_lettered = dead, duration_ms = started.elapsed().as_millis() as u64, "records done");
+        Settled {
+            outcome,
+            error: run.summary(dead),
+            parts_done: (records.len() - dead) as u64,
+            parts_dead_lettered: dead as u64,
+        }
     }
-    let dead = run.dead_lettered.load(AtomicOrdering::Relaxed);
-    let abandoned = run.abandoned.load(AtomicOrdering::Relaxed);
-    let outcome = match (abandoned, dead) {
-        (true, _) => Outcome::Abandoned,
-        (false, 0) => Outcome::Done,
-        (false, _) => Outcome::DeadLettered,
-    };
-    event.acker.ack(&event, outcome).await;
-    let (status, error) = match outcome {
-        Outcome::Done => ("done", None),
-        Outcome::DeadLettered => ("dead_letter", run.summary(dead)),
-        Outcome::Abandoned => ("failed", run.summary(dead)),
-    };
-    let source = event.source.describe();
-    tracing::debug!(pipeline = %rt.name, records = %source, count = records.len(), dead_lettered = dead,
-        duration_ms = started.elapsed().as_millis() as u64, "records done");
-    if let Err(e) = rt.ledger.run_recorded(&event.id, &rt.name, &source, status, 1, started.elapsed(), error).await {
-        tracing::warn!(pipeline = %rt.name, error = %e, "cannot record run");
-    }
-    let stats = &rt.stats;
-    stats.records_done.fetch_add((records.len() - dead) as u64, AtomicOrdering::Relaxed);
-    stats.records_dead_lettered.fetch_add(dead as u64, AtomicOrdering::Relaxed);
-    let counter = match outcome {
-        Outcome::Done => &stats.events_done,
-        Outcome::DeadLettered => &stats.events_dead_lettered,
-        Outcome::Abandoned => &stats.events_abandoned,
-    };
-    counter.fetch_add(1, AtomicOrdering::Relaxed);
-    stats.events_running.fetch_sub(1, AtomicOrdering::Relaxed);
-    outcome
 }
 
-/// One record through the steps, outside any chunk (`weir dlq redrive`).
-pub(super) async fn execute_one(rt: &PipelineRuntime, record: &Record) -> Result<usize, StepFailure> {
-    let Some(config) = kafka_config(rt) else {
-        return Err(load_failure(FunctionError::permanent(format!(
-            "record {} is for a Kafka pipeline; {} has no Kafka trigger",
-            record.name(),
-            rt.name
-        ))));
-    };
-    let records: Arc<[Record]> = Arc::from(vec![record.clone()]);
-    run_record(rt, config, &Arc::from(config.brokers.as_str()), &records, 0).await
+/// One record (a dead letter being re-driven). Its dead-letter record is
+/// `{"type": "kafka", "record": {…}}`.
+pub struct RecordWork {
+    pub config: Arc<KafkaConfig>,
+    pub record: Record,
 }
 
-fn kafka_config(rt: &PipelineRuntime) -> Option<&KafkaConfig> {
-    match &rt.pipeline.trigger {
-        TriggerConfig::Kafka(config) => Some(config),
-        _ => None,
+#[async_trait::async_trait]
+impl Work for RecordWork {
+    fn describe(&self) -> String {
+        self.record.name()
+    }
+
+    fn record(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "kafka", "record": &self.record })
+    }
+
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, runner: &dyn Runner, _event: &Event) -> Ran {
+        let records: Arc<[Record]> = Arc::from(vec![self.record.clone()]);
+        let brokers = Arc::from(self.config.brokers.as_str());
+        run_record(runner, &self.config, &brokers, &records, 0).await.into()
+    }
+}
+
+impl RecordWork {
+    /// The work a `{"type": "kafka", …}` dead-letter record stands for.
+    pub fn revive(record: &serde_json::Value, config: &KafkaConfig) -> Result<Arc<dyn Work>, String> {
+        if record.get("type").and_then(|t| t.as_str()) != Some("kafka") {
+            return Err("not a Kafka record".into());
+        }
+        let value = record.get("record").cloned().unwrap_or_default();
+        let record: Record = serde_json::from_value(value).map_err(|e| format!("not a Kafka record: {e}"))?;
+        Ok(Arc::new(RecordWork { config: Arc::new(config.clone()), record }))
     }
 }
 
 /// A chunk being run: what its records' outcomes add up to.
 struct Chunk<'a> {
-    rt: &'a PipelineRuntime,
-    config: &'a KafkaConfig,
+    runner: &'a dyn Runner,
+    config: &'a Arc<KafkaConfig>,
     event: &'a Event,
     records: &'a Arc<[Record]>,
     brokers: Arc<str>,
@@ -178,9 +204,9 @@ impl Chunk<'_> {
         if self.abandoned.load(AtomicOrdering::Relaxed) && self.config.ordering != Ordering::None {
             return false;
         }
-        match run_record(self.rt, self.config, &self.brokers, self.records, index).await {
+        match run_record(self.runner, self.config, &self.brokers, self.records, index).await {
             Ok(_) => {
-                self.event.acker.ack_record(index);
+                self.event.acker.ack_part(index);
                 true
             }
             Err(failure) => Box::pin(self.fail(index, failure)).await,
@@ -191,20 +217,21 @@ impl Chunk<'_> {
     async fn fail(&self, index: usize, failure: StepFailure) -> bool {
         let record = &self.records[index];
         let chain = failure.error.chain();
-        tracing::error!(pipeline = %self.rt.name, key = %record.name(), step = %failure.step,
+        let pipeline = self.runner.pipeline();
+        tracing::error!(pipeline = %pipeline, key = %record.name(), step = %failure.step,
             attempts = failure.attempts, error = %chain, "record failed");
-        let source = EventSource::Kafka { record: record.clone() };
+        let work = RecordWork { config: self.config.clone(), record: record.clone() };
         let id = uuid::Uuid::now_v7().to_string();
-        match self.rt.write_dead_letter(&id, source, self.event.received_at, &failure).await {
+        match self.runner.dead_letter(&id, &work, self.event.received_at, &failure).await {
             Ok(at) => {
-                tracing::info!(pipeline = %self.rt.name, key = %record.name(), dead_letter = %at, "dead letter written");
-                self.event.acker.ack_record(index);
+                tracing::info!(pipeline = %pipeline, key = %record.name(), dead_letter = %at, "dead letter written");
+                self.event.acker.ack_part(index);
                 self.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                 self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(chain);
                 true
             }
             Err(e) => {
-                tracing::error!(pipeline = %self.rt.name, key = %record.name(), error = %e.chain(),
+                tracing::error!(pipeline = %pipeline, key = %record.name(), error = %e.chain(),
                     "cannot write dead letter; the record will be delivered again");
                 self.abandoned.store(true, AtomicOrdering::Relaxed);
                 false
@@ -247,26 +274,21 @@ impl Chunk<'_> {
         let records = self.records.clone();
         let brokers = self.brokers.clone();
         let batch_indices = indices.clone();
-        let scope = EventScope {
-            started: Instant::now(),
-            trigger_event: Some(LazyEvent::new(move || {
-                TriggerEvent::kafka_batch(&brokers, batch_indices.iter().map(|&i| facts(&brokers, &records[i])))
-            })),
-            quiet: true,
-        };
-        let Some(&root) = self.rt.graph_roots().first() else { return };
-        let (outputs, failures) = invoke::batch(self.rt, root, items, &scope).await;
+        let lambda = LazyEvent::new(move || {
+            TriggerEvent::kafka_batch(&brokers, batch_indices.iter().map(|&i| facts(&brokers, &records[i])))
+        });
+        let scope = Scope::new(Some(lambda), true);
+        let ran = self.runner.run_batch(items, &scope).await;
         let mut failed = vec![false; indices.len()];
-        for (position, failure) in failures {
+        for (position, failure) in ran.failed {
             failed[position] = true;
             self.fail(indices[position], failure).await;
         }
-        let meta = Metadata { key: self.records.first().map(Record::name), ..Metadata::default() };
-        match graph::run_after(self.rt, root, outputs, meta, &scope).await {
+        match ran.after {
             Ok(_) => {
                 for (position, &index) in indices.iter().enumerate() {
                     if !failed[position] {
-                        self.event.acker.ack_record(index);
+                        self.event.acker.ack_part(index);
                     }
                 }
             }
@@ -299,13 +321,9 @@ fn facts<'a>(brokers: &'a str, record: &'a Record) -> RecordFacts<'a> {
     }
 }
 
-fn load_failure(error: FunctionError) -> StepFailure {
-    StepFailure { step: "load".into(), error, attempts: 1 }
-}
-
 /// Record `index` of `records` through the steps.
 async fn run_record(
-    rt: &PipelineRuntime,
+    runner: &dyn Runner,
     config: &KafkaConfig,
     brokers: &Arc<str>,
     records: &Arc<[Record]>,
@@ -315,17 +333,13 @@ async fn run_record(
     if config.format == RecordFormat::S3Event {
         // Boxed, like every path records rarely take: each record's future is as large
         // as its largest path.
-        return Box::pin(run_notification(rt, config, record)).await;
+        return Box::pin(run_notification(runner, config, record)).await;
     }
     let item = record_item(config.format, records, index)?;
     let again = || record_item(config.format, records, index).ok();
     let (shared, brokers) = (records.clone(), brokers.clone());
-    let scope = EventScope {
-        started: Instant::now(),
-        trigger_event: Some(LazyEvent::new(move || TriggerEvent::kafka(facts(&brokers, &shared[index])))),
-        quiet: true,
-    };
-    graph::run(rt, item, Some(&again), &scope).await
+    let lambda = LazyEvent::new(move || TriggerEvent::kafka(facts(&brokers, &shared[index])));
+    runner.run(item, Some(&again), &Scope::new(Some(lambda), true)).await
 }
 
 /// A record's `{attr.topic}`, `{attr.partition}`, `{attr.offset}`, `{attr.record_key}`
@@ -364,7 +378,7 @@ fn record_item(format: RecordFormat, records: &Arc<[Record]>, index: usize) -> R
     let payload = match format {
         RecordFormat::Json | RecordFormat::S3Event => {
             let value = serde_json::from_slice(&record.value).map_err(|e| {
-                load_failure(FunctionError::permanent(format!("record {} is not JSON: {e}", record.name())))
+                StepFailure::load(FunctionError::permanent(format!("record {} is not JSON: {e}", record.name())))
             })?;
             Payload::Json(value)
         }
@@ -377,15 +391,15 @@ fn record_item(format: RecordFormat, records: &Arc<[Record]>, index: usize) -> R
 /// bucket and under its filter, is read and run through the steps like an object-store
 /// trigger's event (`{key}` is the object key, `ctx.event` Lambda's S3 event). The
 /// record is finished when all of them are.
-async fn run_notification(rt: &PipelineRuntime, config: &KafkaConfig, record: &Record) -> Result<usize, StepFailure> {
+async fn run_notification(runner: &dyn Runner, config: &KafkaConfig, record: &Record) -> Result<usize, StepFailure> {
     let Some(bucket) = &config.objects else {
-        return Err(load_failure(FunctionError::permanent("format = \"s3_event\" without a bucket url")));
+        return Err(StepFailure::load(FunctionError::permanent("format = \"s3_event\" without a bucket url")));
     };
     let notices = match notification::parse(&record.value) {
         Ok(Notification::Objects(notices)) => notices,
         Ok(Notification::Test | Notification::SubscriptionConfirmation { .. }) => Vec::new(),
         Err(e) => {
-            return Err(load_failure(FunctionError::permanent(format!(
+            return Err(StepFailure::load(FunctionError::permanent(format!(
                 "record {} is not a bucket notification: {e}",
                 record.name()
             ))))
@@ -394,54 +408,21 @@ async fn run_notification(rt: &PipelineRuntime, config: &KafkaConfig, record: &R
     let mut invocations = 0;
     for notice in notices {
         if notice.change != Change::Created || notice.bucket != bucket.bucket || !bucket.filter.matches(&notice.key) {
-            tracing::debug!(pipeline = %rt.name, bucket = %notice.bucket, key = %notice.key, "notification ignored");
+            tracing::debug!(pipeline = %runner.pipeline(), bucket = %notice.bucket, key = %notice.key, "notification ignored");
             continue;
         }
-        invocations += run_object(rt, &bucket.url, &notice).await?;
+        let object = ObjectRun {
+            url: &bucket.url,
+            key: &notice.key,
+            size: notice.size,
+            etag: notice.etag.as_deref(),
+            time: notice.time,
+            event_name: &notice.event_name,
+            bucket: Some(&notice.bucket),
+            version_id: notice.version_id.as_deref(),
+            sequencer: notice.sequencer.as_deref(),
+        };
+        invocations += object.run(runner).await?;
     }
     Ok(invocations)
-}
-
-async fn run_object(rt: &PipelineRuntime, url: &str, notice: &ObjectNotice) -> Result<usize, StepFailure> {
-    let limit = rt.pipeline.limits.max_input_bytes;
-    if let Some(size) = notice.size.filter(|s| *s > limit) {
-        return Err(load_failure(FunctionError::permanent(format!(
-            "{} is {size} bytes, over max_input_bytes = {limit}",
-            notice.key
-        ))));
-    }
-    let scope = EventScope {
-        started: Instant::now(),
-        trigger_event: Some(LazyEvent::ready(s3_shape(rt, url, notice))),
-        quiet: false,
-    };
-    let key = &notice.key;
-    let item = invoke::with_retries(rt, "load", scope.started, true, |_| async move {
-        let bytes = super::read_object(&rt.stores, url, key, limit).await?;
-        Ok(Item::new(Payload::Bytes(bytes), Metadata::for_object(url.to_string(), key.clone())))
-    })
-    .await?;
-    graph::run(rt, item, None, &scope).await
-}
-
-fn s3_shape(rt: &PipelineRuntime, url: &str, notice: &ObjectNotice) -> TriggerEvent {
-    let full_key = rt
-        .stores
-        .resolve(url)
-        .ok()
-        .and_then(|b| b.path(&notice.key).ok())
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| notice.key.clone());
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("s3");
-    TriggerEvent::s3(ObjectChange {
-        scheme,
-        bucket: &notice.bucket,
-        key: &full_key,
-        event_name: notice.event_name.strip_prefix("s3:").unwrap_or(&notice.event_name),
-        size: notice.size,
-        etag: notice.etag.as_deref(),
-        version_id: notice.version_id.as_deref(),
-        sequencer: notice.sequencer.as_deref(),
-        time: notice.time,
-    })
 }

@@ -1,16 +1,18 @@
-//! Replaying a bucket: the trigger's prefix listed as a stream, filtered by the
-//! trigger's globs, `--prefix` and the last-modified window, in chunks.
+//! A bucket's history for `weir replay`: the trigger's prefix listed as a stream,
+//! filtered by the trigger's globs, `--prefix` and the last-modified window, in chunks.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::ObjectMeta;
+use weir_functions::{Bucket, KeyFilter};
 
-use super::{ItemSource, ReplayItem, Window};
-use crate::trigger::object_store::{version_of, KeyFilter, ObjectStoreConfig};
-use crate::trigger::EventSource;
-use crate::Engine;
-use weir_functions::Bucket;
+use super::{version_of, ObjectStoreConfig, ObjectWork};
+use crate::error::EngineError;
+use crate::event::LedgerEntry;
+use crate::trigger::{History, HistoryContext, HistoryItem, Window};
 
 /// Objects examined per chunk (one ledger call each).
 const CHUNK: usize = 500;
@@ -26,17 +28,21 @@ pub(crate) struct Listing {
 }
 
 impl Listing {
-    pub fn new(engine: &Engine, config: &ObjectStoreConfig, window: &Window) -> anyhow::Result<Self> {
+    pub fn new(ctx: &HistoryContext, config: &ObjectStoreConfig, window: &Window) -> Result<Self, EngineError> {
         if !config.options.is_empty() {
-            engine.stores.set_options(&config.url, config.options.clone());
+            ctx.stores.set_options(&config.url, config.options.clone());
         }
-        let bucket = engine.stores.resolve(&config.url)?;
+        let bucket = ctx.stores.resolve(&config.url)?;
         let trigger_prefix = &config.filter.prefix;
         let prefix = match window.prefix.as_deref() {
             None => trigger_prefix.clone(),
             Some(p) if p.starts_with(trigger_prefix.as_str()) => p.to_string(),
             Some(p) if trigger_prefix.starts_with(p) => trigger_prefix.clone(),
-            Some(p) => anyhow::bail!("--prefix {p:?} is outside the trigger's prefix {trigger_prefix:?}"),
+            Some(p) => {
+                return Err(EngineError::fatal(format!(
+                    "--prefix {p:?} is outside the trigger's prefix {trigger_prefix:?}"
+                )))
+            }
         };
         let dir = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let list_prefix = if dir.is_empty() { bucket.prefix.clone() } else { bucket.path(dir)? };
@@ -50,15 +56,23 @@ impl Listing {
 }
 
 #[async_trait::async_trait]
-impl ItemSource for Listing {
-    async fn next_chunk(&mut self) -> anyhow::Result<Option<Vec<ReplayItem>>> {
+impl History for Listing {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<HistoryItem>>, EngineError> {
         let mut chunk = Vec::new();
         let mut examined = 0;
         while examined < CHUNK {
             let meta = match self.listing.next().await {
                 None if examined == 0 => return Ok(None),
                 None => break,
-                Some(meta) => meta.map_err(|e| anyhow::anyhow!("listing {}: {e}", self.bucket.url))?,
+                Some(meta) => meta.map_err(|e| {
+                    let permanent = weir_functions::error::store_error_is_permanent(&e);
+                    let message = format!("listing {}: {e}", self.bucket.url);
+                    if permanent {
+                        EngineError::fatal(message)
+                    } else {
+                        EngineError::transient(message)
+                    }
+                })?,
             };
             examined += 1;
             let Some(key) = self.bucket.key_of(&meta.location) else { continue };
@@ -66,19 +80,16 @@ impl ItemSource for Listing {
                 continue;
             }
             let version = version_of(&meta);
-            let source = EventSource::Object {
+            let entry = LedgerEntry { url: self.bucket.url.clone(), key: key.clone(), version: version.clone() };
+            let work = ObjectWork::Object {
                 url: self.bucket.url.clone(),
-                key: key.clone(),
+                key,
                 size: meta.size,
-                version: version.clone(),
+                version,
                 last_modified: Some(meta.last_modified),
             };
-            chunk.push(ReplayItem { key, version, source });
+            chunk.push(HistoryItem { entry, work: Arc::new(work) });
         }
         Ok(Some(chunk))
-    }
-
-    fn ledger_url(&self) -> &str {
-        &self.bucket.url
     }
 }

@@ -1,0 +1,224 @@
+//! The `[trigger]` table of `kind = "object_store"`, and what the engine asks of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use weir_functions::KeyFilter;
+
+use super::event::ObjectWork;
+use super::{history, ObjectStoreTrigger};
+use crate::config::diagnostics::Reporter;
+use crate::config::units::HumanDuration;
+use crate::error::EngineError;
+use crate::event::Work;
+use crate::trigger::{History, HistoryContext, Trigger, TriggerContext, TriggerKind, TriggerSpec, Window};
+
+/// `kind = "object_store"`.
+pub struct ObjectStoreKind;
+
+impl TriggerKind for ObjectStoreKind {
+    const NAME: &'static str = "object_store";
+    type Raw = RawConfig;
+    type Config = ObjectStoreConfig;
+
+    fn validate(raw: RawConfig, report: &mut Reporter<'_>) -> Option<ObjectStoreConfig> {
+        raw.validate(report)
+    }
+}
+
+impl TriggerSpec for ObjectStoreConfig {
+    fn kind(&self) -> &'static str {
+        ObjectStoreKind::NAME
+    }
+
+    fn watches(&self, url: Option<&str>, key: &str) -> bool {
+        url.is_none_or(|u| u == self.url) && self.filter.matches(key)
+    }
+
+    fn build(&self, ctx: TriggerContext) -> Arc<dyn Trigger> {
+        Arc::new(ObjectStoreTrigger::new(self.clone(), ctx))
+    }
+
+    fn revive(&self, record: &serde_json::Value) -> Result<Arc<dyn Work>, String> {
+        ObjectWork::revive(record, &self.url)
+    }
+
+    fn history(&self, ctx: &HistoryContext, window: &Window) -> Result<Box<dyn History>, EngineError> {
+        Ok(Box::new(history::Listing::new(ctx, self, window)?))
+    }
+}
+
+/// A prefix and globs from a `[trigger]` table, each bad glob reported at its place.
+pub(crate) fn key_filter(
+    prefix: &str,
+    include: &[Spanned<String>],
+    exclude: &[Spanned<String>],
+    report: &mut Reporter<'_>,
+) -> Option<KeyFilter> {
+    let text = |globs: &[Spanned<String>]| globs.iter().map(|g| g.get_ref().clone()).collect::<Vec<_>>();
+    match KeyFilter::new(prefix, &text(include), &text(exclude)) {
+        Ok(filter) => Some(filter),
+        Err(bad) => {
+            for b in bad {
+                let span = match b.list {
+                    "include" => include.get(b.index).map(|g| g.span()),
+                    "exclude" => exclude.get(b.index).map(|g| g.span()),
+                    _ => None,
+                };
+                let message = if b.list == "prefix" { format!("trigger prefix {}", b.message) } else { b.message };
+                report.error(span.unwrap_or(0..0), message);
+            }
+            None
+        }
+    }
+}
+
+/// The `[trigger]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    url: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+    #[serde(default)]
+    detect: Option<Detect>,
+    #[serde(default, alias = "rescan_interval")]
+    poll_interval: Option<HumanDuration>,
+    #[serde(default = "default_poll_page")]
+    poll_page: Spanned<usize>,
+    #[serde(default)]
+    keys: KeyOrder,
+    #[serde(default)]
+    settle: Option<HumanDuration>,
+    #[serde(default = "default_events")]
+    events: Vec<Spanned<String>>,
+    #[serde(default)]
+    verify: bool,
+    #[serde(default)]
+    options: BTreeMap<Spanned<String>, String>,
+}
+
+fn default_poll_page() -> Spanned<usize> {
+    Spanned::new(0..0, 1000)
+}
+fn default_events() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "created".to_string())]
+}
+
+/// How new objects are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detect {
+    /// List the prefix every `poll_interval`.
+    Poll,
+    /// Only bucket notifications posted to `/v1/notifications/{pipeline}`.
+    Notifications,
+    /// Notifications for latency, plus a reconciling poll every `poll_interval`.
+    Hybrid,
+    /// inotify (`file://` only), plus a re-listing every `poll_interval`.
+    Watch,
+}
+
+/// Whether new keys always sort after old ones, which lets polls start after the last
+/// key seen instead of passing over the whole prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrder {
+    /// Keys arrive in any order: every pass lists the whole prefix (page by page).
+    #[default]
+    Any,
+    /// Keys only grow (timestamped or sequenced names): polls continue after the last
+    /// key seen and never go back. Changes to old keys are not noticed.
+    Ascending,
+}
+
+/// A validated object-store trigger configuration.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreConfig {
+    pub url: String,
+    pub filter: KeyFilter,
+    pub detect: Detect,
+    /// How often the prefix is listed (poll, hybrid, watch).
+    pub poll_interval: Duration,
+    /// Most keys examined per listing page; the cursor is saved after each page.
+    pub poll_page: usize,
+    pub keys: KeyOrder,
+    /// Objects modified more recently than this are left for the next look: a writer
+    /// may still be at work (local directories; cloud objects appear complete).
+    pub settle: Duration,
+    /// Also deliver `ObjectRemoved` notifications.
+    pub removals: bool,
+    /// HEAD each notified object before queueing it (skips objects deleted since).
+    pub verify: bool,
+    /// object_store configuration keys for this URL (`aws_endpoint`, …).
+    pub options: Vec<(String, String)>,
+}
+
+impl RawConfig {
+    fn validate(self, report: &mut Reporter<'_>) -> Option<ObjectStoreConfig> {
+        let filter = key_filter(&self.prefix, &self.include, &self.exclude, report);
+        let mut ok = filter.is_some();
+        let scheme = self.url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !matches!(scheme, "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "adl") {
+            report.error(0..0, format!("trigger url {:?}: use file://, memory://, s3://, gs:// or az://", self.url));
+            ok = false;
+        }
+        let local = scheme == "file";
+        let detect = self.detect.unwrap_or(if local { Detect::Watch } else { Detect::Poll });
+        if detect == Detect::Watch && !local {
+            report.error(0..0, format!("detect = \"watch\" needs a file:// bucket, not {}", self.url));
+            ok = false;
+        }
+        if *self.poll_page.get_ref() == 0 {
+            report.error(self.poll_page.span(), "poll_page must be at least 1");
+            ok = false;
+        }
+        let mut removals = false;
+        for event in &self.events {
+            match event.get_ref().as_str() {
+                "created" => {}
+                "removed" => removals = true,
+                other => {
+                    report.error(event.span(), format!("unknown event {other:?} (created, removed)"));
+                    ok = false;
+                }
+            }
+        }
+        let options: Vec<(String, String)> =
+            self.options.iter().map(|(k, v)| (k.get_ref().clone(), v.clone())).collect();
+        if !local && scheme != "memory" {
+            for unknown in weir_functions::store::unknown_option_keys(&self.url, &options) {
+                let span = self.options.keys().find(|k| *k.get_ref() == unknown).map(|k| k.span()).unwrap_or(0..0);
+                report.error(span, format!("unknown object_store option {unknown:?} for {scheme}:// (see object_store's config keys, e.g. aws_endpoint)"));
+                ok = false;
+            }
+        } else if let Some(key) = self.options.keys().next() {
+            report.error(key.span(), format!("[trigger.options] only apply to cloud stores, not {scheme}://"));
+            ok = false;
+        }
+        let filter = filter?;
+        ok.then(|| ObjectStoreConfig {
+            url: self.url,
+            filter,
+            detect,
+            poll_interval: self
+                .poll_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30))
+                .max(Duration::from_millis(10)),
+            poll_page: *self.poll_page.get_ref(),
+            keys: self.keys,
+            settle: self.settle.map(|d| d.0).unwrap_or(if local { Duration::from_millis(500) } else { Duration::ZERO }),
+            removals,
+            verify: self.verify,
+            options,
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! The trigger conformance suite: the same delivery promises, asserted the same way,
+//! for every trigger kind — as object_store runs one integration suite against every
+//! backend. A new kind gets every property by adding one [`Kind`] and one line to
+//! `conformance!` at the bottom.
+//!
+//! Properties (each a test per kind):
+//! 1. `ack_after_every_sub_step`: an event is acknowledged only after every sub-step
+//!    finished (fan-out of 5, each sub-step slow).
+//! 2. `abandoned_again_done_never`: an event abandoned by a stop is delivered again
+//!    after a restart; one that was done is never delivered again.
+//! 3. `dead_letter_once_then_redrive`: a dead-lettered event is not delivered again, and
+//!    a redrive runs it once.
+//! 7. `lambda_shaped_event`: the function sees the event in its trigger's Lambda shape.
+
+mod common;
+#[path = "../examples/custom_trigger/sequence.rs"]
+mod sequence_trigger;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kafka::Broker;
+use common::{registry_with_probe, wait_for, Probe, Sandbox};
+use weir_engine::clock::ManualClock;
+use weir_engine::state::ObjectStatus;
+use weir_engine::trigger::Triggers;
+use weir_engine::{Engine, RunningEngine};
+use weir_functions::TriggerEvent;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One trigger kind under test.
+#[async_trait::async_trait(?Send)]
+trait Kind {
+    /// The `[trigger]` table.
+    fn trigger(&self, sandbox: &Sandbox) -> String;
+    /// Makes `n` new events happen at the source, numbered from `from`.
+    async fn emit(&self, sandbox: &Sandbox, from: usize, n: usize);
+    /// How many events the source counts as acknowledged (ledger entries done or
+    /// dead-lettered, committed offsets).
+    async fn acked(&self, sandbox: &Sandbox, engine: &Engine) -> usize;
+    /// Whether `event` (what `ctx.event()` gave) is this kind's Lambda shape.
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool;
+    /// An engine for this kind (its clock, its registry of trigger kinds).
+    fn engine(&self, sandbox: &Sandbox, registry: weir_functions::Registry) -> Engine {
+        Engine::new(registry).state_dir(sandbox.state()).grace(Duration::from_secs(10))
+    }
+}
+
+async fn ledger_acked(engine: &Engine, pipeline: &str) -> usize {
+    let ledger = engine.ledger().unwrap();
+    let done = ledger.object_count(pipeline, ObjectStatus::Done).await.unwrap();
+    let dead = ledger.object_count(pipeline, ObjectStatus::DeadLettered).await.unwrap();
+    (done + dead) as usize
+}
+
+/// `kind = "object_store"` on a local directory.
+struct LocalDir;
+
+#[async_trait::async_trait(?Send)]
+impl Kind for LocalDir {
+    fn trigger(&self, _: &Sandbox) -> String {
+        "kind = \"object_store\"\nurl = \"{bucket}\"\nprefix = \"inbox/\"\npoll_interval = \"200ms\"\nsettle = \"0s\""
+            .into()
+    }
+    async fn emit(&self, sandbox: &Sandbox, from: usize, n: usize) {
+        for i in from..from + n {
+            sandbox.drop_file(&format!("inbox/{i}.txt"), b"x");
+        }
+    }
+    async fn acked(&self, _: &Sandbox, engine: &Engine) -> usize {
+        ledger_acked(engine, "conform").await
+    }
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool {
+        let Some(TriggerEvent::S3(s3)) = event else { return false };
+        s3.records[0].s3.object.url_decoded_key.as_deref().is_some_and(|k| k.ends_with("inbox/0.txt"))
+    }
+}
+
+/// The example trigger of `examples/custom_trigger/`, registered from outside the crate.
+struct Sequence;
+
+#[async_trait::async_trait(?Send)]
+impl Kind for Sequence {
+    fn trigger(&self, _: &Sandbox) -> String {
+        "kind = \"sequence\"\ncount = 1".into()
+    }
+    /// The sequence emits its numbers by itself; more than one is never asked of it.
+    async fn emit(&self, _: &Sandbox, _from: usize, _n: usize) {}
+    async fn acked(&self, _: &Sandbox, engine: &Engine) -> usize {
+        ledger_acked(engine, "conform").await
+    }
+    /// No Lambda shape exists for it: functions get none.
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool {
+        event.is_none()
+    }
+    fn engine(&self, sandbox: &Sandbox, registry: weir_functions::Registry) -> Engine {
+        let mut triggers = Triggers::builtin();
+        triggers.register::<sequence_trigger::SequenceKind>();
+        Engine::new(registry).triggers(triggers).state_dir(sandbox.state()).grace(Duration::from_secs(10))
+    }
+}
+
+/// `kind = "cron"` on a manual clock.
+struct Cron(ManualClock);
+
+#[async_trait::async_trait(?Send)]
+impl Kind for Cron {
+    fn trigger(&self, _: &Sandbox) -> String {
+        "kind = \"cron\"\nevery = \"1m\"\noverlap = \"allow\"\ncatch_up = \"none\"".into()
+    }
+    async fn emit(&self, _: &Sandbox, _from: usize, n: usize) {
+        for _ in 0..n {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.advance(Duration::from_secs(60));
+        }
+    }
+    async fn acked(&self, _: &Sandbox, engine: &Engine) -> usize {
+        ledger_acked(engine, "conform").await
+    }
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool {
+        matches!(event, Some(TriggerEvent::Scheduled(e)) if e.resources.iter().flatten().any(|r| r.contains("conform")))
+    }
+    fn engine(&self, sandbox: &Sandbox, registry: weir_functions::Registry) -> Engine {
+        Engine::new(registry).state_dir(sandbox.state()).grace(Duration::from_secs(10)).clock(Arc::new(self.0.clone()))
+    }
+}
+
+/// `kind = "kafka"` on librdkafka's mock cluster.
+struct Kafka(Broker);
+
+#[async_trait::async_trait(?Send)]
+impl Kind for Kafka {
+    fn trigger(&self, _: &Sandbox) -> String {
+        format!(
+            "kind = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"conform\"]\ngroup = \"conform\"\nstart = \"earliest\"\n\
+             commit_interval = \"50ms\"\n[trigger.librdkafka]\n\"group.protocol\" = \"consumer\"",
+            self.0.servers()
+        )
+    }
+    async fn emit(&self, _: &Sandbox, from: usize, n: usize) {
+        self.0.produce("conform", 0, (from..from + n).map(|i| format!("r{i}"))).await;
+    }
+    async fn acked(&self, _: &Sandbox, _: &Engine) -> usize {
+        self.0.committed("conform", "conform", 1)[0].max(0) as usize
+    }
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool {
+        matches!(event, Some(TriggerEvent::Kafka(k)) if k.records.contains_key("conform-0"))
+    }
+}
+
+fn pipeline(kind: &dyn Kind, sandbox: &Sandbox, steps: &str) -> std::path::PathBuf {
+    let text = format!("name = \"conform\"\n[trigger]\n{}\n[retry]\nmax_attempts = 1\n{steps}", kind.trigger(sandbox));
+    sandbox.pipeline("conform", &text)
+}
+
+async fn start(kind: &dyn Kind, sandbox: &Sandbox, steps: &str, grace: Duration) -> (RunningEngine, Arc<Probe>) {
+    let (registry, probe) = registry_with_probe();
+    let engine = kind.engine(sandbox, registry).grace(grace);
+    let file = pipeline(kind, sandbox, steps);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    (running, probe)
+}
+
+fn acks_engine(kind: &dyn Kind, sandbox: &Sandbox) -> Engine {
+    kind.engine(sandbox, weir_functions::Registry::builtin())
+}
+
+const FAN_OUT: &str = "[[step]]\nname = \"split\"\nfunction = \"test.probe\"\nfan_out = 5\n\
+    [[step]]\nname = \"tail\"\nafter = \"split\"\nfunction = \"test.probe\"\nsleep_ms = 600\nlabel = \"tail\"\n";
+
+/// 1. Acknowledged only after every sub-step finished.
+async fn ack_after_every_sub_step(kind: &dyn Kind) {
+    let sandbox = Sandbox::new();
+    let (running, probe) = start(kind, &sandbox, FAN_OUT, Duration::from_secs(10)).await;
+    kind.emit(&sandbox, 0, 1).await;
+    wait_for(WAIT, "the five sub-steps started", || probe.times("tail").len() == 5).await;
+    let acks = acks_engine(kind, &sandbox);
+    assert_eq!(kind.acked(&sandbox, &acks).await, 0, "acknowledged while sub-steps were running");
+    let stats = running.pipeline("conform").unwrap().executor.clone();
+    wait_for(WAIT, "the event done", || stats.events_done.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(probe.calls(), 6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await.unwrap();
+    assert_eq!(kind.acked(&sandbox, &acks).await, 1, "acknowledged once finished");
+}
+
+/// 2. Abandoned by a stop → delivered again; done → never again.
+async fn abandoned_again_done_never(kind: &dyn Kind) {
+    let sandbox = Sandbox::new();
+    let slow = "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\nsleep_ms = 30000\n";
+    let (running, probe) = start(kind, &sandbox, slow, Duration::from_millis(100)).await;
+    kind.emit(&sandbox, 0, 1).await;
+    wait_for(WAIT, "the event started", || probe.calls() == 1).await;
+    running.stop().await.unwrap();
+    let acks = acks_engine(kind, &sandbox);
+    assert_eq!(kind.acked(&sandbox, &acks).await, 0, "an abandoned event is not acknowledged");
+
+    let quick = "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\n";
+    let (running, probe) = start(kind, &sandbox, quick, Duration::from_secs(10)).await;
+    wait_for(WAIT, "the abandoned event delivered again", || probe.calls() == 1).await;
+    let stats = running.pipeline("conform").unwrap().executor.clone();
+    wait_for(WAIT, "done", || stats.events_done.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await.unwrap();
+    assert_eq!(kind.acked(&sandbox, &acks).await, 1);
+
+    let (running, probe) = start(kind, &sandbox, quick, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.calls(), 0, "a done event was delivered again");
+}
+
+/// 3. Dead-lettered → not delivered again; a redrive runs it once.
+async fn dead_letter_once_then_redrive(kind: &dyn Kind) {
+    let sandbox = Sandbox::new();
+    let failing = "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\nfail_permanent = true\n";
+    let (running, _) = start(kind, &sandbox, failing, Duration::from_secs(10)).await;
+    kind.emit(&sandbox, 0, 1).await;
+    let stats = running.pipeline("conform").unwrap().executor.clone();
+    let dead =
+        || stats.events_dead_lettered.load(Ordering::SeqCst) + stats.records_dead_lettered.load(Ordering::SeqCst);
+    wait_for(WAIT, "dead-lettered", || dead() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await.unwrap();
+
+    let quick = "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\n";
+    let (running, probe) = start(kind, &sandbox, quick, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.calls(), 0, "a dead-lettered event was delivered again");
+
+    let (registry, probe) = registry_with_probe();
+    let engine = kind.engine(&sandbox, registry);
+    let file = pipeline(kind, &sandbox, quick);
+    let code = weir_engine::cli::dlq::visit(engine, &file, Some(None)).await.unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert_eq!(probe.calls(), 1, "the redrive ran the event once");
+    let (registry, probe) = registry_with_probe();
+    weir_engine::cli::dlq::visit(kind.engine(&sandbox, registry), &file, Some(None)).await.unwrap();
+    assert_eq!(probe.calls(), 0, "a redriven letter is settled");
+}
+
+/// 7. The function sees its trigger's Lambda-shaped event.
+async fn lambda_shaped_event(kind: &dyn Kind) {
+    let sandbox = Sandbox::new();
+    let (running, probe) = start(kind, &sandbox, "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\n", WAIT).await;
+    kind.emit(&sandbox, 0, 1).await;
+    wait_for(WAIT, "invoked", || probe.calls() == 1).await;
+    running.stop().await.unwrap();
+    let events = probe.events.lock().unwrap().clone();
+    assert!(events.len() <= 1, "one invocation, one event: {events:?}");
+    assert!(kind.lambda_shaped(events.first()), "not this trigger's Lambda shape: {events:?}");
+}
+
+macro_rules! conformance {
+    ($($kind:ident => $make:expr;)*) => {$(
+        mod $kind {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ack_after_every_sub_step() { super::ack_after_every_sub_step(&$make).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn abandoned_again_done_never() { super::abandoned_again_done_never(&$make).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dead_letter_once_then_redrive() { super::dead_letter_once_then_redrive(&$make).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn lambda_shaped_event() { super::lambda_shaped_event(&$make).await }
+        }
+    )*};
+}
+
+conformance! {
+    local_dir => LocalDir;
+    sequence => Sequence;
+    cron => Cron(ManualClock::new(common::utc("2026-11-02T10:00:30Z")));
+    kafka => Kafka(Broker::new("conform", 1));
+}
