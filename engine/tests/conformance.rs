@@ -10,6 +10,8 @@
 //!    after a restart; one that was done is never delivered again.
 //! 3. `dead_letter_once_then_redrive`: a dead-lettered event is not delivered again, and
 //!    a redrive runs it once.
+//! 4. `full_executor_stops_intake`: with the executor busy and its queue full, the
+//!    trigger waits (or pauses its source) instead of handing over more.
 //! 7. `lambda_shaped_event`: the function sees the event in its trigger's Lambda shape.
 
 mod common;
@@ -242,6 +244,23 @@ async fn dead_letter_once_then_redrive(kind: &dyn Kind) {
     assert_eq!(probe.calls(), 0, "a redriven letter is settled");
 }
 
+/// Property 4, a full executor stops intake: with `concurrency = 1` and `queue = 1`, at
+/// most two events are handed over while the first one runs.
+async fn full_executor_stops_intake(kind: &dyn Kind) {
+    let sandbox = Sandbox::new();
+    let steps =
+        "[limits]\nconcurrency = 1\nqueue = 1\n[[step]]\nname = \"s\"\nfunction = \"test.probe\"\nsleep_ms = 1500\n";
+    let (running, probe) = start(kind, &sandbox, steps, Duration::from_secs(10)).await;
+    kind.emit(&sandbox, 0, 6).await;
+    wait_for(WAIT, "the first event running", || probe.calls() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let queue = running.pipeline("conform").unwrap().queue.clone();
+    let handed_over = queue.submitted.load(Ordering::SeqCst);
+    assert!(handed_over <= 2, "{handed_over} events handed over to a busy executor with room for 2");
+    assert!(queue.high_water.load(Ordering::SeqCst) <= 1, "the queue held more than its size");
+    running.stop().await.unwrap();
+}
+
 /// 7. The function sees its trigger's Lambda-shaped event.
 async fn lambda_shaped_event(kind: &dyn Kind) {
     let sandbox = Sandbox::new();
@@ -264,6 +283,8 @@ macro_rules! conformance {
             async fn abandoned_again_done_never() { super::abandoned_again_done_never(&$make).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letter_once_then_redrive() { super::dead_letter_once_then_redrive(&$make).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn full_executor_stops_intake() { super::full_executor_stops_intake(&$make).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn lambda_shaped_event() { super::lambda_shaped_event(&$make).await }
         }
