@@ -18,7 +18,7 @@ use crate::config::{self, Diagnostics, Pipeline};
 use crate::event::dead_letter::BucketDeadLetters;
 use crate::event::{DeadLetterStore, EventSink, QueueStats};
 use crate::executor::{ExecutorStats, PipelineRuntime};
-use crate::state::Ledger;
+use crate::state::{Ledger, StateLock};
 use crate::trigger::{Trigger, TriggerContext, Triggers};
 
 /// Engine-wide settings.
@@ -88,8 +88,14 @@ impl Engine {
     }
 
     /// Loads and validates pipeline files or directories.
+    /// Loads and validates pipeline files, and registers what their triggers know about
+    /// their stores (see [`crate::trigger::TriggerSpec::register_stores`]).
     pub fn load(&self, paths: &[PathBuf]) -> Result<Vec<Pipeline>, Diagnostics> {
-        config::load_paths(paths, &self.registry, &self.triggers)
+        let pipelines = config::load_paths(paths, &self.registry, &self.triggers)?;
+        for pipeline in &pipelines {
+            pipeline.trigger.register_stores(&self.stores);
+        }
+        Ok(pipelines)
     }
 
     pub fn ledger(&self) -> anyhow::Result<Ledger> {
@@ -126,6 +132,7 @@ impl Engine {
 
     /// Starts every pipeline: trigger → bounded queue → executor.
     pub async fn start(&self, pipelines: Vec<Pipeline>) -> anyhow::Result<RunningEngine> {
+        let lock = StateLock::acquire(&self.state_dir)?;
         let ledger = self.ledger()?;
         let global = Arc::new(Semaphore::new(self.global_concurrency));
         let shutdown = CancellationToken::new();
@@ -170,7 +177,7 @@ impl Engine {
             http_addr = Some(addr);
             tasks.spawn(server);
         }
-        Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger, http_addr })
+        Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger, http_addr, _lock: lock })
     }
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
@@ -196,6 +203,8 @@ pub struct RunningEngine {
     pub ledger: Ledger,
     /// Where notifications are served, if any pipeline takes them.
     pub http_addr: Option<SocketAddr>,
+    /// Released once the engine has stopped (dropped with it).
+    _lock: StateLock,
 }
 
 impl RunningEngine {

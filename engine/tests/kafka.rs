@@ -105,6 +105,26 @@ async fn a_poison_record_is_dead_lettered_and_its_partition_moves_on() {
     assert_eq!(after.len(), 7, "the records after the poison one ran: {after:?}");
 }
 
+/// A record over `max_input_bytes` never reaches a function: it is dead-lettered, named
+/// with its size and the limit, and the records around it run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_max_input_bytes_is_dead_lettered_unread() {
+    let broker = Broker::new("uploads", 1);
+    let sandbox = Sandbox::new();
+    let sizes = [10, 5000, 10];
+    broker.produce("uploads", 0, sizes.iter().map(|&n| "x".repeat(n))).await;
+    let text = pipeline_with(&broker.servers(), "partition", "", "max_input_bytes = \"1KiB\"", "");
+    let (running, probe) = start(&sandbox, &text).await;
+    wait_for(WAIT, "the commit past all three", || broker.committed("weir-test", "uploads", 1) == [3]).await;
+    running.stop().await.unwrap();
+    assert_eq!(seen(&probe), ["uploads/0/0", "uploads/0/2"], "the oversized record reached the function");
+    let dead = sandbox.files_under("../state/dead-letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter: serde_json::Value = serde_json::from_slice(&std::fs::read(&dead[0]).unwrap()).unwrap();
+    let error = letter["error"].as_str().unwrap();
+    assert!(error.contains("uploads/0/1 is 5000 bytes, over max_input_bytes = 1024"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_ordering_runs_each_partition_in_offset_order_one_at_a_time() {
     let broker = Broker::new("uploads", 3);

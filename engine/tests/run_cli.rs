@@ -242,3 +242,34 @@ fn kill_9_mid_burst_then_restart_processes_every_file_like_a_clean_run() {
         .collect();
     assert_eq!(done.len(), N as usize, "{runs}");
 }
+
+/// Two `weir run`s on one state directory would each run the other's unfinished
+/// objects: the second refuses at once and names the first; once the first is gone
+/// (even by kill -9), the directory is free again.
+#[test]
+fn a_second_run_on_the_same_state_directory_refuses_and_names_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_weir(dir.path());
+    let lock = dir.path().join("data/.weir/weir.lock");
+    wait_for(Duration::from_secs(60), "the first run holds the state directory", dir.path(), || {
+        std::fs::read_to_string(&lock).is_ok_and(|pid| pid.trim() == first.id().to_string())
+    });
+    let second = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(repo().join("pipelines/thumbnails.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("in use by pid {}", first.id())), "{stderr}");
+
+    let mut first = first;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let third = start_weir(dir.path());
+    wait_for(Duration::from_secs(60), "a run after a kill -9 takes the directory", dir.path(), || {
+        std::fs::read_to_string(&lock).is_ok_and(|pid| pid.trim() == third.id().to_string())
+    });
+    assert!(stop(third).success());
+}

@@ -82,3 +82,22 @@ function = "object.put"
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 }
+
+/// librdkafka's own message for a refused option quotes its value; a misspelt
+/// `sasl.password` would print the password (from the file or from `${env:…}`).
+#[test]
+fn a_refused_librdkafka_option_never_prints_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = repo().join("fixtures/pipelines/bad/kafka-misspelt-option.toml");
+    let from_env = dir.path().join("from-env.toml");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    std::fs::write(&from_env, text.replace("\"hunter2-never-printed\"", "\"${env:WEIR_TEST_PASSWORD}\"")).unwrap();
+    for file in [fixture, from_env] {
+        let out =
+            weir().env("WEIR_TEST_PASSWORD", "hunter2-never-printed").arg("validate").arg(&file).output().unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains("sasl.pasword"), "the option is named: {all}");
+        assert!(!all.contains("hunter2"), "the value is printed: {all}");
+    }
+}

@@ -39,6 +39,20 @@ impl Bucket {
         Ok(self.prefix.parts().chain(relative.parts()).collect())
     }
 
+    /// The store path of a key a step writes or deletes, from a template fed by
+    /// untrusted input (`{attr.record_key}`, a header): besides what [`Self::path`]
+    /// refuses, no hidden segment (`.weir/ledger.db`, `.name`), where weir keeps its state
+    /// and uploaders keep partial files.
+    pub fn output_path(&self, key: &str) -> Result<Path, FunctionError> {
+        if let Some(hidden) = key.split('/').find(|segment| segment.starts_with('.')) {
+            return Err(FunctionError::permanent(format!(
+                "refusing to write key {key:?} in {}: hidden path segment {hidden:?}",
+                self.url
+            )));
+        }
+        self.path(key)
+    }
+
     /// The key of a store path, relative to this bucket's prefix.
     pub fn key_of(&self, path: &Path) -> Option<String> {
         let rest: Vec<_> = path.prefix_match(&self.prefix)?.collect();
@@ -113,6 +127,13 @@ impl Stores {
     /// Registers object_store options (credentials, endpoint) used when `url` is resolved.
     pub fn set_options(&self, url: &str, options: StoreOptions) {
         self.options.lock().expect("stores lock").insert(url.to_string(), options);
+    }
+
+    /// Serves `bucket.url` from `bucket.store` from now on: an embedder's own
+    /// `ObjectStore` (a backend object_store lacks, a wrapper that counts or injects
+    /// faults) behind a URL pipelines name, as object_store's registry allows.
+    pub fn insert(&self, bucket: Bucket) {
+        self.cache.lock().expect("stores lock").insert(bucket.url.clone(), bucket);
     }
 
     /// The bucket for a URL, created on first use.
@@ -248,6 +269,18 @@ mod tests {
         for key in ["a", "inbox/cat.jpg", "ünï cødé/ça va+%20.jpg", "a..b/c"] {
             assert!(check_key(key).is_ok(), "{key:?} should be allowed");
         }
+    }
+
+    #[test]
+    fn outputs_never_go_to_hidden_segments() {
+        let bucket = Stores::new().resolve("memory://hidden-outputs").unwrap();
+        for key in [".weir/ledger.db", "a/.hidden/b.jpg", ".name", "thumbs/.cat.jpg.part"] {
+            let err = bucket.output_path(key).unwrap_err();
+            assert!(!err.is_retryable() && err.message().contains("hidden path segment"), "{key}: {err}");
+        }
+        assert!(bucket.output_path("../x").is_err());
+        assert!(bucket.output_path("thumbs/a.b.jpg").is_ok());
+        assert!(bucket.path(".weir/ledger.db").is_ok(), "reading such keys is not an output");
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub trait Runner: Send + Sync {
     fn stores(&self) -> &Stores;
     /// The pipeline's `limits.concurrency`.
     fn concurrency(&self) -> usize;
+    /// The pipeline's `limits.max_input_bytes`: the largest event a source may hand
+    /// over (objects are checked by [`Runner::load_object`], records by their trigger).
+    fn max_input_bytes(&self) -> u64;
 
     /// Runs the step graph from the event's first item; returns the invocations made.
     async fn run(&self, root: Item, again: Option<Rebuild<'_>>, scope: &Scope) -> Result<usize, StepFailure>;

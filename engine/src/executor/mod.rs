@@ -23,8 +23,11 @@ use tokio_util::sync::CancellationToken;
 use weir_functions::{ErrorKind, FunctionError, Stores};
 
 use crate::config::Pipeline;
-use crate::event::{DeadLetter, DeadLetterStore, Event, NoAck, Outcome, Ran, StepFailure, Work};
+use crate::event::{DeadLetter, DeadLetterStore, Event, NoAck, Outcome, Ran, Settled, StepFailure, Work};
 use crate::state::Ledger;
+
+/// How long events cut short by the grace period get to acknowledge as abandoned.
+const ABANDON_TIME: Duration = Duration::from_secs(1);
 
 /// Live counters of one pipeline's executor. Tests assert on them; logs report them.
 #[derive(Debug, Default)]
@@ -85,7 +88,10 @@ impl PipelineRuntime {
     }
 
     /// Runs events from `queue` until `shutdown`, then lets in-flight events finish
-    /// for up to `grace`. Events still queued are left unacknowledged.
+    /// for up to `grace`. Events still queued, and those the grace period cut short, are
+    /// acknowledged as abandoned: their trigger delivers them again, and it learns at
+    /// once that they are no longer running (a Kafka consumer leaving its group does not
+    /// wait for them on top of the grace period).
     pub async fn serve(
         self: Arc<Self>,
         mut queue: mpsc::Receiver<Event>,
@@ -93,6 +99,7 @@ impl PipelineRuntime {
         grace: Duration,
     ) {
         let slots = Arc::new(Semaphore::new(self.pipeline.limits.concurrency));
+        let abandon = CancellationToken::new();
         let mut running = JoinSet::new();
         loop {
             while running.try_join_next().is_some() {}
@@ -104,13 +111,16 @@ impl PipelineRuntime {
                 _ = shutdown.cancelled() => break,
                 event = queue.recv() => match event { Some(e) => e, None => break },
             };
-            let this = self.clone();
+            let (this, abandon) = (self.clone(), abandon.clone());
             running.spawn(async move {
                 let _slot = slot;
-                this.process(event).await;
+                this.process_until(event, abandon).await;
             });
         }
         queue.close();
+        while let Ok(event) = queue.try_recv() {
+            event.acker.ack(&event, Outcome::Abandoned).await;
+        }
         while running.try_join_next().is_some() {}
         let in_flight = running.len();
         if in_flight > 0 {
@@ -118,16 +128,25 @@ impl PipelineRuntime {
         }
         let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            let left = running.len();
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-            self.stats.events_abandoned.fetch_add(left as u64, Ordering::Relaxed);
-            tracing::warn!(pipeline = %self.name, abandoned = left, "grace period over; unfinished events will be delivered again");
+            tracing::warn!(pipeline = %self.name, abandoned = running.len(), "grace period over; unfinished events will be delivered again");
+            abandon.cancel();
+            // Abandoning is a ledger write and a message to the trigger; a task that
+            // cannot manage that in a second is cut off.
+            let acked = tokio::time::timeout(ABANDON_TIME, async { while running.join_next().await.is_some() {} });
+            if acked.await.is_err() {
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
         }
     }
 
     /// One event's whole life: run, record, dead-letter on failure, acknowledge.
     pub async fn process(&self, event: Event) -> Outcome {
+        self.process_until(event, CancellationToken::new()).await
+    }
+
+    /// [`Self::process`], giving the event up as abandoned once `abandon` is cancelled.
+    async fn process_until(&self, event: Event, abandon: CancellationToken) -> Outcome {
         if !event.acker.wanted() {
             // Its trigger let it go while it waited (a revoked partition): the next
             // owner runs it.
@@ -144,7 +163,16 @@ impl PipelineRuntime {
                 tracing::warn!(pipeline = %self.name, error = %e, "cannot record run start");
             }
         }
-        let (outcome, status, attempts, error) = match work.run(self, &event).await {
+        let ran = tokio::select! {
+            ran = work.run(self, &event) => ran,
+            _ = abandon.cancelled() => Ran::Settled(Settled {
+                outcome: Outcome::Abandoned,
+                error: Some("abandoned: the engine stopped before the event finished".into()),
+                parts_done: 0,
+                parts_dead_lettered: 0,
+            }),
+        };
+        let (outcome, status, attempts, error) = match ran {
             Ran::Done(invocations) => {
                 tracing::info!(pipeline = %self.name, key = %source, invocations, duration_ms = started.elapsed().as_millis() as u64, "event done");
                 (Outcome::Done, "done", 1, None)
@@ -169,7 +197,7 @@ impl PipelineRuntime {
                 let status = match settled.outcome {
                     Outcome::Done => "done",
                     Outcome::DeadLettered => "dead_letter",
-                    Outcome::Abandoned => "failed",
+                    Outcome::Abandoned => "abandoned",
                 };
                 (settled.outcome, status, 1, settled.error)
             }

@@ -23,6 +23,10 @@ impl Runner for PipelineRuntime {
         self.pipeline.limits.concurrency
     }
 
+    fn max_input_bytes(&self) -> u64 {
+        self.pipeline.limits.max_input_bytes
+    }
+
     async fn run(&self, root: Item, again: Option<Rebuild<'_>>, scope: &Scope) -> Result<usize, StepFailure> {
         graph::run(self, root, again, scope).await
     }

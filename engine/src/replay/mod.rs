@@ -88,6 +88,7 @@ pub async fn replay(
     mut on_item: impl FnMut(&dyn Work) + Send,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let _lock = if plan.dry_run { None } else { Some(crate::state::StateLock::acquire(&engine.state_dir)?) };
     // A dry run creates nothing, not even the ledger: without one, nothing is done yet.
     let ledger_exists = engine.state_dir.join(crate::state::LEDGER_FILE).exists();
     let ledger = if plan.dry_run && !ledger_exists { None } else { Some(engine.ledger()?) };

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod lock;
 mod replay;
+pub use lock::{StateLock, LOCK_FILE};
 pub use replay::ReplayRecord;
 
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,11 @@ pub trait TriggerSpec: Send + Sync + 'static {
     /// The running trigger.
     fn build(&self, ctx: TriggerContext) -> Arc<dyn Trigger>;
 
+    /// Tells `stores` how to reach what this trigger reads (its bucket's endpoint and
+    /// credentials), once a pipeline is loaded: steps, replays and redrives then reach
+    /// the trigger's source as the running trigger does.
+    fn register_stores(&self, _stores: &Stores) {}
+
     /// Rebuilds an event from its dead-letter record ([`Work::record`]) for
     /// `weir dlq redrive`. A record this kind did not write is refused.
     fn revive(&self, record: &serde_json::Value) -> Result<Arc<dyn Work>, String>;

@@ -2,6 +2,7 @@
 //! what the executor does, pipeline files in temp directories, and polling waits.
 #![allow(dead_code)]
 
+pub mod flaky;
 pub mod kafka;
 pub mod s3;
 

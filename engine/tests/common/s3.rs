@@ -18,6 +18,9 @@ use weir_functions::trigger_event::encode_key;
 
 pub const ACCESS_KEY: &str = "weir-test";
 pub const SECRET_KEY: &str = "weir-test-secret";
+/// The user agent of [`S3Server::client`]: injected failures spare it, so a test can
+/// set up and check objects in the middle of an outage it makes for weir.
+const TEST_CLIENT: &str = "weir-test-client";
 
 pub struct S3Server {
     pub addr: SocketAddr,
@@ -75,7 +78,8 @@ impl S3Server {
                         let (fail, failed, count, log) = (fail.clone(), failed.clone(), count.clone(), log.clone());
                         async move {
                             count.fetch_add(1, Ordering::SeqCst);
-                            if rand_per_mille() < fail.load(Ordering::SeqCst) {
+                            let tester = req.headers().get(http::header::USER_AGENT).is_some_and(|a| a == TEST_CLIENT);
+                            if !tester && rand_per_mille() < fail.load(Ordering::SeqCst) {
                                 failed.fetch_add(1, Ordering::SeqCst);
                                 let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>";
                                 return Ok::<_, s3s::HttpError>(
@@ -111,7 +115,7 @@ impl S3Server {
         format!("http://{}", self.addr)
     }
 
-    /// Fails this fraction of requests (0.0–1.0) with 503 from now on.
+    /// Fails this fraction of weir's requests (0.0–1.0) with 503 from now on.
     pub fn fail_fraction(&self, fraction: f64) {
         self.fail_per_mille.store((fraction * 1000.0) as u32, Ordering::SeqCst);
     }
@@ -133,7 +137,7 @@ impl S3Server {
         self.options().iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect()
     }
 
-    /// A client for test set-up and checks, without retries (so injected failures show).
+    /// A client for test set-up and checks, spared by injected failures.
     pub fn client(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
@@ -145,6 +149,11 @@ impl S3Server {
                 .with_secret_access_key(SECRET_KEY)
                 .with_virtual_hosted_style_request(false)
                 .with_retry(object_store::RetryConfig { max_retries: 5, ..Default::default() })
+                .with_client_options(
+                    object_store::ClientOptions::new()
+                        .with_allow_http(true)
+                        .with_user_agent(http::HeaderValue::from_static(TEST_CLIENT)),
+                )
                 .build()
                 .unwrap(),
         )

@@ -84,14 +84,20 @@ impl RecordProducer {
             .set_log_level(RDKafkaLogLevel::Warning);
         // Checks every option's name and value, without creating a client. The error
         // names the option but never echoes values (they may be secrets).
-        config.create_native_config().map_err(|e| format!("invalid producer options: {e}"))?;
+        config
+            .create_native_config()
+            .map_err(|e| format!("invalid producer options: {}", super::describe_error(&e, options)))?;
         Ok(Self { config, inner: std::sync::OnceLock::new(), brokers: brokers.to_string() })
     }
 
     fn producer(&self) -> Result<&FutureProducer<LogToTracing>, FunctionError> {
         self.inner
             .get_or_init(|| {
-                self.config.create_with_context(LogToTracing).map_err(|e| format!("creating a Kafka producer: {e}"))
+                self.config.create_with_context(LogToTracing).map_err(|e| {
+                    let options: Vec<(String, String)> =
+                        self.config.config_map().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                    format!("creating a Kafka producer: {}", super::describe_error(&e, &options))
+                })
             })
             .as_ref()
             .map_err(|e| FunctionError::permanent(format!("{e} (brokers {})", self.brokers)))

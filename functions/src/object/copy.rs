@@ -54,7 +54,7 @@ impl Function for Copy {
         let target = target_bucket(self.url.as_deref(), &item, ctx)?;
         let key = self.key.render(&item, ctx)?;
         let from = source.path(&source_key)?;
-        let to = target.path(&key)?;
+        let to = target.output_path(&key)?;
         let context = || format!("copying {source_key} from {} to {key} in {}", source.url, target.url);
         let size = if source.url == target.url {
             target.store.copy(&from, &to).await.map_err(|e| FunctionError::from_store(context(), e))?;

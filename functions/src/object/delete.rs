@@ -53,7 +53,7 @@ impl Function for Delete {
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let bucket = target_bucket(self.url.as_deref(), &item, ctx)?;
         let key = self.key.render(&item, ctx)?;
-        let path = bucket.path(&key)?;
+        let path = bucket.output_path(&key)?;
         match bucket.store.delete(&path).await {
             // Idempotent: a redelivered delete finds nothing and still succeeds.
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(vec![item]),

@@ -80,7 +80,7 @@ impl Function for Manifest {
         let size = body.len();
         bucket
             .store
-            .put(&bucket.path(&key)?, PutPayload::from(body))
+            .put(&bucket.output_path(&key)?, PutPayload::from(body))
             .await
             .map_err(|e| FunctionError::from_store(format!("writing {key} to {}", bucket.url), e))?;
         Ok(vec![Item::new(Payload::Json(object_ref(&bucket, &key, size)), item.meta)])

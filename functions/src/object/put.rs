@@ -65,7 +65,7 @@ impl Function for Put {
         };
         let bucket = target_bucket(self.url.as_deref(), &item, ctx)?;
         let key = self.key.render(&item, ctx)?;
-        let path = bucket.path(&key)?;
+        let path = bucket.output_path(&key)?;
         let size = bytes.len();
         super::write_object(&bucket, &path, bytes, || format!("writing {key} to {}", bucket.url)).await?;
         let mut meta = item.meta;

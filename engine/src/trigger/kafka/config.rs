@@ -250,6 +250,15 @@ impl RawConfig {
                 report
                     .error(value.span(), format!("librdkafka option {key:?} is set by weir (use brokers/group/start)"));
                 ok = false;
+                continue;
+            }
+            // librdkafka checks names and values without connecting anywhere.
+            let mut one = rdkafka::ClientConfig::new();
+            one.set(key, value.get_ref());
+            if let Err(e) = one.create_native_config() {
+                let option = [(key.clone(), value.get_ref().clone())];
+                report.error(value.span(), weir_functions::kafka::describe_error(&e, &option));
+                ok = false;
             }
         }
         if let Some(count) = self.commit_count.as_ref().filter(|c| *c.get_ref() == 0) {
@@ -348,29 +357,23 @@ pub fn valid_topic(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// librdkafka takes `^`-prefixed topics as POSIX regexes; catch the obvious mistakes
-/// (unbalanced brackets and parentheses) at validate time.
+/// librdkafka takes `^`-prefixed topics as regexes: refuse the ones that do not compile
+/// at validate time.
 fn regex_syntax_check(pattern: &str) -> Result<(), String> {
-    let mut depth: (i32, i32) = (0, 0);
-    for c in pattern.chars() {
-        match c {
-            '(' => depth.0 += 1,
-            ')' => depth.0 -= 1,
-            '[' => depth.1 += 1,
-            ']' => depth.1 -= 1,
-            _ => {}
-        }
-        if depth.0 < 0 || depth.1 < 0 {
-            return Err("unbalanced brackets".into());
-        }
-    }
-    if depth != (0, 0) {
-        return Err("unbalanced brackets".into());
-    }
-    Ok(())
+    regex::Regex::new(&format!("^{pattern}"))
+        .map(|_| ())
+        .map_err(|e| e.to_string().lines().last().unwrap_or("").trim().to_string())
 }
 
 impl KafkaConfig {
+    /// Whether this trigger consumes `topic` (a listed name, or a `^regex` matching it).
+    pub fn consumes(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| match t.starts_with('^') {
+            true => regex::Regex::new(t).is_ok_and(|re| re.is_match(topic)),
+            false => t == topic,
+        })
+    }
+
     /// The consumer's librdkafka settings.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

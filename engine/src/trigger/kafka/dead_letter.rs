@@ -187,7 +187,9 @@ fn read_topic(topic: &str, config: &KafkaConfig) -> Result<Letters, String> {
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", format!("{}.dead-letter-reader", config.group))
         .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = client.create().map_err(|e| format!("creating a Kafka consumer: {e}"))?;
+    let consumer: BaseConsumer = client.create().map_err(|e| {
+        format!("creating a Kafka consumer: {}", weir_functions::kafka::describe_error(&e, &config.librdkafka))
+    })?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)

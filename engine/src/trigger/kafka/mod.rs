@@ -140,7 +140,8 @@ impl Trigger for KafkaTrigger {
         let context = KafkaContext { pipeline: pipeline.clone(), state: Arc::new(Mutex::new(state)) };
         let mut consumer: BaseConsumer<KafkaContext> =
             self.config.client_config().create_with_context(context).map_err(|e| {
-                EngineError::fatal(format!("creating a Kafka consumer for {}: {e}", self.config.brokers))
+                let why = weir_functions::kafka::describe_error(&e, &self.config.librdkafka);
+                EngineError::fatal(format!("creating a Kafka consumer for {}: {why}", self.config.brokers))
             })?;
         consumer.set_nonempty_callback(move || {
             let _ = wake_tx.send(Wake::Messages);

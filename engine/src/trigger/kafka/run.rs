@@ -148,6 +148,13 @@ impl RecordWork {
         }
         let value = record.get("record").cloned().unwrap_or_default();
         let record: Record = serde_json::from_value(value).map_err(|e| format!("not a Kafka record: {e}"))?;
+        if !config.consumes(&record.topic) {
+            return Err(format!(
+                "the record is from topic {:?}, which this pipeline does not consume ({})",
+                record.topic,
+                config.topics.join(", ")
+            ));
+        }
         Ok(Arc::new(RecordWork { config: Arc::new(config.clone()), record }))
     }
 }
@@ -258,7 +265,7 @@ impl Chunk<'_> {
         let mut items = Vec::with_capacity(self.records.len());
         let mut indices = Vec::with_capacity(self.records.len());
         for index in 0..self.records.len() {
-            match record_item(self.config.format, self.records, index) {
+            match record_item(self.config.format, self.records, index, self.runner.max_input_bytes()) {
                 Ok(item) => {
                     items.push(item);
                     indices.push(index);
@@ -330,13 +337,15 @@ async fn run_record(
     index: usize,
 ) -> Result<usize, StepFailure> {
     let record = &records[index];
+    let limit = runner.max_input_bytes();
     if config.format == RecordFormat::S3Event {
+        within_limit(record, limit)?;
         // Boxed, like every path records rarely take: each record's future is as large
         // as its largest path.
         return Box::pin(run_notification(runner, config, record)).await;
     }
-    let item = record_item(config.format, records, index)?;
-    let again = || record_item(config.format, records, index).ok();
+    let item = record_item(config.format, records, index, limit)?;
+    let again = || record_item(config.format, records, index, limit).ok();
     let (shared, brokers) = (records.clone(), brokers.clone());
     let lambda = LazyEvent::new(move || TriggerEvent::kafka(facts(&brokers, &shared[index])));
     runner.run(item, Some(&again), &Scope::new(Some(lambda), true)).await
@@ -371,8 +380,22 @@ impl SourceAttributes for RecordAttributes {
 
 /// Record `index`'s item: its value as bytes or JSON. `{key}` in output templates is
 /// `topic/partition/offset`, so outputs of a redelivered record overwrite themselves.
-fn record_item(format: RecordFormat, records: &Arc<[Record]>, index: usize) -> Result<Item, StepFailure> {
+/// A record over `max_input_bytes` is dead-lettered like an oversized object: the
+/// limit bounds what one event may make the functions hold, whatever its source.
+fn within_limit(record: &Record, limit: u64) -> Result<(), StepFailure> {
+    let size = record.value.len() as u64;
+    if size > limit {
+        return Err(StepFailure::load(FunctionError::permanent(format!(
+            "record {} is {size} bytes, over max_input_bytes = {limit}",
+            record.name()
+        ))));
+    }
+    Ok(())
+}
+
+fn record_item(format: RecordFormat, records: &Arc<[Record]>, index: usize, limit: u64) -> Result<Item, StepFailure> {
     let record = &records[index];
+    within_limit(record, limit)?;
     let source = Arc::new(RecordAttributes { records: records.clone(), index });
     let meta = Metadata { key: Some(record.name()), source: Some(source), ..Metadata::default() };
     let payload = match format {

@@ -34,6 +34,12 @@ impl TriggerSpec for ObjectStoreConfig {
         ObjectStoreKind::NAME
     }
 
+    fn register_stores(&self, stores: &weir_functions::Stores) {
+        if !self.options.is_empty() {
+            stores.set_options(&self.url, self.options.clone());
+        }
+    }
+
     fn watches(&self, url: Option<&str>, key: &str) -> bool {
         url.is_none_or(|u| u == self.url) && self.filter.matches(key)
     }
@@ -43,7 +49,7 @@ impl TriggerSpec for ObjectStoreConfig {
     }
 
     fn revive(&self, record: &serde_json::Value) -> Result<Arc<dyn Work>, String> {
-        ObjectWork::revive(record, &self.url)
+        ObjectWork::revive(record, &self.url, &self.filter)
     }
 
     fn history(&self, ctx: &HistoryContext, window: &Window) -> Result<Box<dyn History>, EngineError> {

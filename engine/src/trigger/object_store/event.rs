@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use weir_functions::key_filter::bucket_name;
+use weir_functions::key_filter::{bucket_name, KeyFilter};
 use weir_functions::trigger_event::ObjectChange;
 use weir_functions::{Item, LazyEvent, Metadata, Payload, Stores, TriggerEvent};
 
@@ -82,7 +82,10 @@ impl ObjectWork {
     /// The work an `object` or `object_removed` dead-letter record stands for, if it is
     /// about the trigger's own bucket: a record naming another bucket is refused, so a
     /// planted record cannot make a redrive read from elsewhere.
-    pub fn revive(record: &serde_json::Value, url: &str) -> Result<Arc<dyn Work>, String> {
+    /// A dead-letter record is a file anyone with access to the dead-letter bucket can
+    /// edit: only objects this trigger could have delivered (its bucket, its prefix and
+    /// globs, a safe key) are revived.
+    pub fn revive(record: &serde_json::Value, url: &str, filter: &KeyFilter) -> Result<Arc<dyn Work>, String> {
         let work: ObjectWork =
             serde_json::from_value(record.clone()).map_err(|e| format!("not an object event: {e}"))?;
         let (ObjectWork::Object { url: from, key, .. } | ObjectWork::ObjectRemoved { url: from, key }) = &work;
@@ -90,6 +93,9 @@ impl ObjectWork {
             return Err(format!("the record is about {from}, not this pipeline's bucket {url}"));
         }
         weir_functions::store::check_key(key).map_err(|why| format!("unsafe key {key:?}: {why}"))?;
+        if !filter.matches(key) {
+            return Err(format!("{key:?} is outside this pipeline's prefix and globs"));
+        }
         Ok(Arc::new(work))
     }
 }
@@ -139,5 +145,29 @@ impl ObjectRun<'_> {
             sequencer: self.sequencer,
             time: self.time,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A planted dead letter (`file:///etc` + `passwd`) must not make a redrive read
+    /// outside the pipeline's bucket, prefix and globs.
+    #[test]
+    fn revive_takes_only_objects_this_trigger_could_deliver() {
+        let filter = KeyFilter::new("inbox/", &["*.jpg"], &[] as &[&str]).unwrap();
+        let record = |url: &str, key: &str| serde_json::json!({"type": "object", "url": url, "key": key, "size": 1, "version": "v"});
+        let url = "file:///srv/photos";
+        assert!(ObjectWork::revive(&record(url, "inbox/cat.jpg"), url, &filter).is_ok());
+        for (from, key, why) in [
+            ("file:///etc", "passwd", "not this pipeline's bucket"),
+            (url, "../../etc/passwd", "unsafe key"),
+            (url, "private/cat.jpg", "outside this pipeline's prefix"),
+            (url, "inbox/notes.txt", "outside this pipeline's prefix and globs"),
+        ] {
+            let refused = ObjectWork::revive(&record(from, key), url, &filter).err().expect("refused");
+            assert!(refused.contains(why), "{from} {key}: {refused}");
+        }
     }
 }

@@ -29,9 +29,6 @@ pub(crate) struct Listing {
 
 impl Listing {
     pub fn new(ctx: &HistoryContext, config: &ObjectStoreConfig, window: &Window) -> Result<Self, EngineError> {
-        if !config.options.is_empty() {
-            ctx.stores.set_options(&config.url, config.options.clone());
-        }
         let bucket = ctx.stores.resolve(&config.url)?;
         let trigger_prefix = &config.filter.prefix;
         let prefix = match window.prefix.as_deref() {

@@ -96,9 +96,6 @@ pub(super) enum Consider {
 
 impl ObjectStoreTrigger {
     pub fn new(config: ObjectStoreConfig, ctx: TriggerContext) -> Self {
-        if !config.options.is_empty() {
-            ctx.stores.set_options(&config.url, config.options.clone());
-        }
         Self { config, ctx, in_flight: Default::default(), running: tokio::sync::watch::Sender::new(None) }
     }
 

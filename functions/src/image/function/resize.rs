@@ -83,8 +83,9 @@ pub struct Resize {
 impl Resize {
     /// The box, with a missing side derived from the aspect ratio.
     fn target(&self, w: u32, h: u32) -> (u32, u32) {
-        let scale_to =
-            |from: u32, to: u32, other: u32| ((other as u64 * to as u64 + from as u64 / 2) / from as u64).max(1) as u32;
+        let scale_to = |from: u32, to: u32, other: u32| {
+            ((other as u64 * to as u64 + from as u64 / 2) / from as u64).clamp(1, u32::MAX as u64) as u32
+        };
         match (self.width, self.height) {
             (Some(bw), Some(bh)) => (bw, bh),
             (Some(bw), None) => (bw, scale_to(w, bw, h)),
@@ -93,21 +94,33 @@ impl Resize {
         }
     }
 
-    pub fn apply(&self, image: DynamicImage) -> Result<DynamicImage, FunctionError> {
+    /// Resizes `image`; an output over `max_pixels` (a 1×60000 strip upscaled to 1600
+    /// wide would be 96 gigapixels) is refused before anything is allocated.
+    pub fn apply(&self, image: DynamicImage, max_pixels: u64) -> Result<DynamicImage, FunctionError> {
         let (w, h) = (image.width(), image.height());
         let (bw, bh) = self.target(w, h);
-        let rgba = image.into_rgba8();
         let fail = |e: String| FunctionError::permanent(format!("resizing {w}×{h} to {bw}×{bh}: {e}"));
+        let within = |ow: u32, oh: u32| match ow as u64 * oh as u64 {
+            pixels if pixels > max_pixels => {
+                Err(fail(format!("the output would be {ow}×{oh} = {pixels} pixels, over max_pixels = {max_pixels}")))
+            }
+            _ => Ok(()),
+        };
+        let rgba = image.into_rgba8();
         let out = match self.fit {
             Fit::Inside | Fit::Exact => {
                 let (mut tw, mut th) = fit_box(w, h, bw, bh);
                 if !self.upscale && (tw > w || th > h) {
                     (tw, th) = (w, h);
                 }
+                within(tw, th)?;
+                let (pw, ph) = if self.upscale { (bw, bh) } else { (bw.max(tw), bh.max(th)) };
+                if self.fit == Fit::Exact {
+                    within(pw, ph)?;
+                }
                 let resized = resample(&rgba, tw, th, None).map_err(fail)?;
                 if self.fit == Fit::Exact {
                     let [r, g, b] = self.background;
-                    let (pw, ph) = if self.upscale { (bw, bh) } else { (bw.max(tw), bh.max(th)) };
                     let mut canvas = RgbaImage::from_pixel(pw, ph, image::Rgba([r, g, b, 255]));
                     image::imageops::overlay(&mut canvas, &resized, ((pw - tw) / 2) as i64, ((ph - th) / 2) as i64);
                     canvas
@@ -117,6 +130,7 @@ impl Resize {
             }
             Fit::Fill => {
                 let (tw, th) = if self.upscale { (bw, bh) } else { (bw.min(w), bh.min(h)) };
+                within(tw, th)?;
                 resample(&rgba, tw, th, None).map_err(fail)?
             }
             Fit::Cover => {
@@ -127,6 +141,7 @@ impl Resize {
                     (bh as f64).min(h as f64 * scale).round() as u32,
                 );
                 let (tw, th) = (tw.max(1), th.max(1));
+                within(tw, th)?;
                 let (cw, ch) = (tw as f64 / scale, th as f64 / scale);
                 let crop = ((w as f64 - cw) / 2.0, (h as f64 - ch) / 2.0, cw, ch);
                 resample(&rgba, tw, th, Some(crop)).map_err(fail)?
@@ -170,7 +185,8 @@ impl Function for Resize {
             _ => u32::MAX,
         };
         let this = *self;
-        let image = cpu::run(move || this.apply(input(payload, &limits, &name, cover)?.image)).await?;
+        let image =
+            cpu::run(move || this.apply(input(payload, &limits, &name, cover)?.image, limits.max_pixels)).await?;
         Ok(vec![image_item(&item, image)])
     }
 }
@@ -198,6 +214,24 @@ mod tests {
         assert_eq!(dims("{ long_edge = 2000 }", 1000, 500).await, (1000, 500), "never upscale");
         assert_eq!(dims("{ long_edge = 2000, upscale = true }", 1000, 500).await, (2000, 1000));
         assert_eq!(dims("{ long_edge = 100 }", 6000, 12).await, (100, 1), "never zero");
+    }
+
+    /// A 1×60000 strip upscaled to 1600 wide would be 1600×96,000,000 pixels (a 614 GB
+    /// allocation that aborts the process): refused as an error about the input.
+    #[tokio::test]
+    async fn an_output_over_max_pixels_is_refused_before_it_is_allocated() {
+        let strip = image::GrayImage::from_pixel(1, 60_000, image::Luma([128]));
+        let mut png = Vec::new();
+        strip.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        for params in [
+            "{ width = 1600, upscale = true }",
+            "{ width = 1600, height = 96000000, fit = \"fill\", upscale = true }",
+            "{ width = 1600, height = 96000000, fit = \"exact\" }",
+        ] {
+            let error = run("image.resize", params, Payload::Bytes(png.clone().into())).await.unwrap_err();
+            assert!(!error.is_retryable(), "{params}: {error}");
+            assert!(error.to_string().contains("over max_pixels"), "{params}: {error}");
+        }
     }
 
     #[tokio::test]
