@@ -49,7 +49,8 @@ async fn notification_latency() -> (Vec<Duration>, Vec<Duration>) {
     let server = S3Server::start(&["photos"]).await;
     let photos = server.client("photos");
     let sandbox = Sandbox::new();
-    let (running, probe) = start(&sandbox, &server, "notified", "detect = \"notifications\"").await;
+    let (running, probe) =
+        start(&sandbox, &server, "notified", "detect = \"notifications\"\nnotify_auth = \"none\"").await;
     let addr = running.http_addr.expect("the notification endpoint is served");
     let (mut invoked, mut answered) = (Vec::new(), Vec::new());
     for i in 0..NOTIFIED {

@@ -134,6 +134,7 @@ impl Engine {
     pub async fn start(&self, pipelines: Vec<Pipeline>) -> anyhow::Result<RunningEngine> {
         let lock = StateLock::acquire(&self.state_dir)?;
         let ledger = self.ledger()?;
+        let mut crashed = ledger.crashed_runs().await?;
         let global = Arc::new(Semaphore::new(self.global_concurrency));
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -153,6 +154,10 @@ impl Engine {
             let (sink, queue, queue_stats) = EventSink::new(pipeline.limits.queue);
             let runtime = self.runtime(pipeline, &ledger, global.clone())?;
             let name = runtime.name.clone();
+            let mine = crashed.keys().filter(|(p, _)| *p == *name).cloned().collect::<Vec<_>>();
+            runtime.remember_crashes(
+                mine.into_iter().filter_map(|key| crashed.remove_entry(&key)).map(|((_, s), n)| (s, n)).collect(),
+            );
             if let Some(inbox) = trigger.clone().inbox() {
                 routes.insert(name.to_string(), crate::http::Route { inbox, runtime: runtime.clone() });
             }

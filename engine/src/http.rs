@@ -3,25 +3,46 @@
 //! EventBridge or MinIO shape).
 //!
 //! Answers: `202` with `{"queued": n, "ignored": m}` once the objects are recorded and
-//! queued; `400` for a body that is not a notification (also dead-lettered, so the
-//! payload is kept); `404` for an unknown pipeline; `503` while starting or stopping,
-//! or when the ledger or store failed (the sender should retry).
+//! queued; `401` without the pipeline's credential; `400` for a body that is not a
+//! notification (dead-lettered, its first 4 KiB kept); `413` over 1 MiB; `404` for an
+//! unknown pipeline; `503` while starting or stopping, or when the ledger or store
+//! failed (the sender should retry). Headers must arrive within 10 s, bodies within
+//! 30 s; at most 256 connections are open at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::JsonWork;
 use crate::executor::PipelineRuntime;
 use crate::trigger::{Inbox, InboxError};
+
+/// Largest request body: S3 and EventBridge send one record of about 1 KB, SNS at
+/// most 256 KB.
+pub const MAX_BODY: usize = 1 << 20;
+/// Connections open at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must send its headers within this, and its body within [`BODY_TIMEOUT`]:
+/// a half-sent request cannot hold a connection (and a file descriptor) for ever.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a malformed body's dead letter and log line keep of it.
+const KEPT_BODY: usize = 4096;
+/// How long a stop lets requests in flight finish before closing their connections.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A pipeline that takes pushed events.
 #[derive(Clone)]
@@ -39,6 +60,15 @@ pub async fn serve(
     routes: HashMap<String, Route>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    if !addr.ip().is_loopback() {
+        if let Some(open) = routes.iter().find(|(_, route)| *route.inbox.auth() == crate::auth::PushAuth::None) {
+            anyhow::bail!(
+                "pipeline {} accepts notifications from anyone (notify_auth = \"none\"), which is only allowed \
+                 on a loopback address, not {addr}: set notify_token, or --listen 127.0.0.1:PORT",
+                open.0
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for notifications: {e}"))?;
@@ -48,35 +78,95 @@ pub async fn serve(
         .route("/v1/health", get(|| async { "ok" }))
         .with_state(Arc::new(routes));
     tracing::info!(address = %format!("http://{bound}"), "listening for notifications");
-    let server = async move {
+    Ok((bound, accept(listener, app, shutdown)))
+}
+
+/// Accepts connections up to [`MAX_CONNECTIONS`], each with header and body deadlines;
+/// a stop closes every connection after [`STOP_WAIT`], whatever its client is doing.
+async fn accept(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
         // Answers go out at once, not after a delayed ACK from the sender.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
+        let _ = stream.set_nodelay(true);
+        let (service, stop) = (TowerToHyperService::new(app.clone()), shutdown.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(STOP_WAIT, connection).await;
+                }
+            }
         });
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-        Ok(())
-    };
-    Ok((bound, server))
+    }
+    let _ = tokio::time::timeout(STOP_WAIT + Duration::from_millis(200), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    Ok(())
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn notification(State(routes): State<Routes>, Path(pipeline): Path<String>, body: Bytes) -> Response {
+async fn notification(
+    State(routes): State<Routes>,
+    Path(pipeline): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(route) = routes.get(&pipeline) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": format!("no pipeline {pipeline:?} takes notifications")}),
-        );
+        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such pipeline takes notifications"}));
+    };
+    if let Err(why) = route.inbox.auth().check(&headers) {
+        tracing::warn!(pipeline = %pipeline, reason = why, "notification refused: not authorized");
+        let mut response = json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": why}));
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            let error = format!("body over {MAX_BODY} bytes, or cut short");
+            return json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({"error": error}));
+        }
+        Err(_) => return json(StatusCode::REQUEST_TIMEOUT, serde_json::json!({"error": "body too slow"})),
     };
     match route.inbox.deliver(&body).await {
         Ok(delivery) => json(StatusCode::ACCEPTED, serde_json::json!(delivery)),
         Err(InboxError::Malformed(why)) => {
             let error = format!("notification for pipeline {pipeline} ({} bytes) rejected: {why}", body.len());
-            tracing::warn!(pipeline = %pipeline, error = %error, "bad notification");
-            let kept = String::from_utf8_lossy(&body).into_owned();
-            let work = JsonWork { value: serde_json::json!({ "notification": kept }) };
+            tracing::warn!(pipeline = %pipeline, error = ?truncated(&error, 300), "bad notification");
+            // Kept for a look, not whole: a bad body can be as large as the limit.
+            let kept = String::from_utf8_lossy(&body[..body.len().min(KEPT_BODY)]).into_owned();
+            let value =
+                serde_json::json!({ "notification": kept, "bytes": body.len(), "truncated": body.len() > KEPT_BODY });
+            let work = JsonWork { value };
             if let Err(e) = route.runtime.dead_letter_input(&work, "notification", &error).await {
                 tracing::error!(pipeline = %pipeline, error = %e.chain(), "cannot dead-letter a bad notification");
             }
@@ -86,5 +176,13 @@ async fn notification(State(routes): State<Routes>, Path(pipeline): Path<String>
             tracing::warn!(pipeline = %pipeline, error = %e, "notification not accepted; the sender should retry");
             json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e.to_string()}))
         }
+    }
+}
+
+/// At most `max` characters of `text`, marked when cut.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }

@@ -25,6 +25,7 @@
 //! a [`trigger::Triggers`] handed to [`Engine::triggers`] or [`cli::main_with`] (see
 //! `examples/custom_trigger.rs`).
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ mod engine;
 pub mod error;
 pub mod event;
 pub mod executor;
+pub mod health;
 pub mod http;
 pub mod replay;
 pub mod state;

@@ -135,7 +135,7 @@ impl S3 {
 impl Kind for S3 {
     fn trigger(&self, _: &Sandbox, _: usize) -> String {
         let detect = match self.notified {
-            Some(_) => "detect = \"notifications\"",
+            Some(_) => "detect = \"notifications\"\nnotify_auth = \"none\"",
             None => "detect = \"poll\"\npoll_interval = \"200ms\"",
         };
         format!(
@@ -263,8 +263,9 @@ impl Kind for Kafka {
 
 /// No retries: a failure is final at once.
 const NO_RETRY: &str = "[retry]\nmax_attempts = 1\n";
-/// Enough retries to outlast a short outage of the source.
-const PATIENT: &str = "[retry]\nmax_attempts = 100\nbackoff = \"20ms..100ms\"\n";
+/// One try per error about the event; an unavailable source is waited out whatever
+/// `max_attempts` says (probing every 20–100 ms here).
+const ONE_TRY_QUICK_PROBES: &str = "[retry]\nmax_attempts = 1\nbackoff = \"20ms..100ms\"\n";
 
 /// The pipeline file for a test that makes `events` events in all.
 fn pipeline(kind: &dyn Kind, sandbox: &Sandbox, events: usize, retry: &str, steps: &str) -> std::path::PathBuf {
@@ -441,7 +442,7 @@ async fn stop_within_grace(kind: &dyn Kind) {
 async fn transient_source_errors_retried(kind: &dyn Kind) {
     let sandbox = Sandbox::new();
     let quick = "[[step]]\nname = \"s\"\nfunction = \"test.probe\"\n";
-    let (running, probe) = start_with(kind, &sandbox, 4, PATIENT, quick, Duration::from_secs(10)).await;
+    let (running, probe) = start_with(kind, &sandbox, 4, ONE_TRY_QUICK_PROBES, quick, Duration::from_secs(10)).await;
     kind.emit(&sandbox, 0, 2).await;
     wait_acked(kind, &sandbox, 2).await;
     kind.outage(true).await;

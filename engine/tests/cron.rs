@@ -246,6 +246,15 @@ async fn a_scheduled_expire_deletes_old_objects_and_writes_its_report() {
     days_ago("processed/old.jpg", 10);
     days_ago("processed/deep/older.jpg", 400);
     days_ago("processed/new.jpg", 1);
+    // A link under the swept prefix to old files elsewhere: never followed, never deleted.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for name in ["a.jpg", "b.jpg", "c.jpg"] {
+        let path = elsewhere.path().join(name);
+        std::fs::write(&path, "keep").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(30 * 86_400)).unwrap();
+    }
+    std::os::unix::fs::symlink(elsewhere.path(), sandbox.bucket().join("processed/cache")).unwrap();
     let url = sandbox.bucket_url();
     let steps = format!(
         "url = \"{url}\"\nprefix = \"processed/\"\nolder_than = \"7days\"\n\
@@ -269,4 +278,5 @@ async fn a_scheduled_expire_deletes_old_objects_and_writes_its_report() {
     assert_eq!(reports.len(), 1, "one report, named after the tick's hour");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
     assert_eq!((report["matched"].as_u64(), report["deleted"].as_u64()), (Some(2), Some(2)), "{report}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 3, "files outside the bucket were deleted");
 }

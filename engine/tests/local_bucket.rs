@@ -173,3 +173,72 @@ function = "object.delete"
     assert_eq!(std::fs::read_to_string(archive.join("inbox/2026/report.csv")).unwrap(), "a,b\n1,2\n");
     assert!(!sandbox.bucket().join("inbox/2026/report.csv").exists(), "source deleted after the copy");
 }
+
+/// `ln -s /usr/share/doc data/inbox/doclink` made thousands of dead letters, each
+/// naming a file outside the bucket. Links are skipped (one line per listing), both at
+/// start-up and when one appears while running; files written through the link
+/// elsewhere never become events; real files around them run as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_in_the_inbox_are_skipped_not_walked_or_dead_lettered() {
+    let sandbox = Sandbox::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        std::fs::write(elsewhere.path().join(format!("doc{i}.txt")), "outside").unwrap();
+    }
+    std::os::unix::fs::symlink(elsewhere.path(), sandbox.bucket().join("inbox/doclink")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("doc0.txt"), sandbox.bucket().join("inbox/one.txt")).unwrap();
+    sandbox.drop_file("inbox/a.txt", b"one");
+    let file = sandbox.pipeline("copier", COPY);
+    let (registry, probe) = registry_with_probe();
+    let engine = engine(&sandbox, registry);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    let stats = running.pipeline("copier").unwrap().executor.clone();
+    wait_for(WAIT, "the real file done", || stats.events_done.load(Ordering::SeqCst) == 1).await;
+    // While running: a new link, a file written through the old one, a real file.
+    std::os::unix::fs::symlink(elsewhere.path(), sandbox.bucket().join("inbox/later")).unwrap();
+    std::fs::write(elsewhere.path().join("new.txt"), "outside").unwrap();
+    sandbox.drop_file("inbox/b.txt", b"two");
+    wait_for(WAIT, "the second real file done", || stats.events_done.load(Ordering::SeqCst) == 2).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.key_counts().into_keys().collect::<Vec<_>>(), ["inbox/a.txt", "inbox/b.txt"]);
+    assert_eq!(stats.events_dead_lettered.load(Ordering::SeqCst), 0);
+    assert!(sandbox.files_under("../state/dead-letter").is_empty());
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 51, "nothing outside was touched");
+}
+
+/// An input that kills the process (an abort, an out-of-memory kill) would crash-loop
+/// `weir run` for ever. The ledger knows which runs were in flight when a process
+/// died: an event caught in two deaths is dead-lettered as poison on the next start,
+/// one caught in a single death runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_in_flight_at_two_deaths_is_dead_lettered_as_poison() {
+    let sandbox = Sandbox::new();
+    sandbox.drop_file("inbox/poison.txt", b"boom");
+    sandbox.drop_file("inbox/once.txt", b"unlucky");
+    sandbox.drop_file("inbox/fine.txt", b"fine");
+    // The ledger as dead processes leave it: runs still marked running.
+    let ledger = weir_engine::state::Ledger::open(&sandbox.state()).unwrap();
+    ledger.run_started("died-1", "copier", "inbox/poison.txt").await.unwrap();
+    ledger.run_started("died-2", "copier", "inbox/poison.txt").await.unwrap();
+    ledger.run_started("died-3", "copier", "inbox/once.txt").await.unwrap();
+    drop(ledger);
+
+    let file = sandbox.pipeline("copier", COPY);
+    let (registry, probe) = registry_with_probe();
+    let engine = engine(&sandbox, registry);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    let stats = running.pipeline("copier").unwrap().executor.clone();
+    wait_for(WAIT, "three events finished", || {
+        stats.events_done.load(Ordering::SeqCst) + stats.events_dead_lettered.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.key_counts().into_keys().collect::<Vec<_>>(), ["inbox/fine.txt", "inbox/once.txt"]);
+    let dead = sandbox.files_under("../state/dead-letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter: serde_json::Value = serde_json::from_slice(&std::fs::read(&dead[0]).unwrap()).unwrap();
+    assert_eq!(letter["step"], "poison");
+    let error = letter["error"].as_str().unwrap();
+    assert!(error.contains("inbox/poison.txt was being processed when weir died 2 times"), "{error}");
+}

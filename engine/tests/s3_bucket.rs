@@ -21,6 +21,13 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A pipeline on `s3://photos` (prefix `inbox/`) that records each call and copies the
 /// object to `s3://out` under `copies/{key}`. `{detect}` and `{extra}` are filled in.
 fn pipeline(server: &S3Server, name: &str, trigger_extra: &str) -> String {
+    // The tests post from loopback without a credential.
+    let open = if trigger_extra.contains("notifications") || trigger_extra.contains("hybrid") {
+        "notify_auth = \"none\""
+    } else {
+        ""
+    };
+    let trigger_extra = format!("{trigger_extra}\n{open}");
     format!(
         r#"
 name = "{name}"
@@ -339,6 +346,36 @@ async fn injected_server_errors_lose_no_event() {
     }
 }
 
+/// The store answers nothing but 503 for 4 s while a batch runs, with a retry policy
+/// that gives up on an error about the event after 2 tries: an outage is waited out,
+/// not dead-lettered, and every object is copied once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_mid_batch_pauses_the_pipeline_and_dead_letters_nothing() {
+    let server = S3Server::start(&["photos", "out"]).await;
+    let (photos, out) = (server.client("photos"), server.client("out"));
+    const N: usize = 10;
+    for i in 0..N {
+        put(&*photos, &format!("inbox/{i:02}.txt"), &format!("body {i}")).await;
+    }
+    let sandbox = Sandbox::new();
+    let toml = pipeline(&server, "outage", "detect = \"poll\"\npoll_interval = \"200ms\"")
+        .replace("max_attempts = 8\nbackoff = \"10ms..200ms\"", "max_attempts = 2\nbackoff = \"100ms..500ms\"")
+        .replace("concurrency = 16", "concurrency = 2")
+        .replace("function = \"test.probe\"", "function = \"test.probe\"\nsleep_ms = 300");
+    let (registry, probe) = registry_with_probe();
+    let running = start(&sandbox, &server, registry, &toml).await;
+    wait_for(WAIT, "the batch under way", || probe.calls() >= 1).await;
+    server.fail_fraction(1.0);
+    let before = done(&running);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(done(&running) <= before + 2, "events finished while the store was down");
+    server.fail_fraction(0.0);
+    wait_done(&running, &sandbox, N as u64).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.calls(), N, "each object ran once");
+    assert_eq!(keys_in(&*out, "copies").await.len(), N);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_notifications_survive_a_stop_before_they_finish() {
     let server = S3Server::start(&["photos", "out"]).await;
@@ -445,4 +482,38 @@ async fn large_objects_are_multipart_and_oversized_inputs_are_never_downloaded()
     let letters = std::fs::read_dir(sandbox.state().join("dead-letter/large")).unwrap();
     let record = std::fs::read_to_string(letters.flatten().next().unwrap().path()).unwrap();
     assert!(record.contains("inbox/huge.bin") && record.contains("max_input_bytes"), "{record}");
+}
+
+/// A misspelt output bucket used to dead-letter every photo, and a wrong trigger bucket
+/// logged a 2,170-character WARN every few seconds. The start-up health check names
+/// each in one short line with the store's error code; `--require-healthy` exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_buckets_are_one_short_line_each_at_start_up() {
+    let server = S3Server::start(&["photos"]).await;
+    let sandbox = Sandbox::new();
+    let toml = pipeline(&server, "health", "detect = \"poll\"")
+        .replace("url = \"s3://photos\"", "url = \"s3://fotos\"")
+        .replace("function = \"test.probe\"", "function = \"object.put\"\nurl = \"s3://out\"\nkey = \"seen/{key}\"");
+    let file = sandbox.pipeline("health", &toml);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--require-healthy", "--listen", "127.0.0.1:0"])
+        .arg(&file)
+        .env("WEIR_STATE_DIR", sandbox.state())
+        .env("AWS_ENDPOINT", server.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output).await.expect("weir run exits").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let unhealthy: Vec<&str> = stderr.lines().filter(|l| l.starts_with("unhealthy: ")).collect();
+    assert_eq!(unhealthy.len(), 2, "{stderr}");
+    assert!(unhealthy.iter().any(|l| l.contains("trigger: s3://fotos: 404 Not Found NoSuchBucket")), "{stderr}");
+    assert!(unhealthy.iter().any(|l| l.contains("step see: s3://out: 404 Not Found NoSuchBucket")), "{stderr}");
+    for line in stderr.lines() {
+        assert!(line.chars().count() <= 400, "a {}-character line: {line}", line.chars().count());
+    }
 }

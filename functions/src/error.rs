@@ -2,12 +2,19 @@
 
 use std::fmt;
 
-/// Whether trying the same input again could succeed.
+/// Whether trying the same input again could succeed, and whether the input is to
+/// blame at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// Timeouts, 5xx, connection resets: retried with backoff.
+    /// May succeed on another try (a step timed out, a flaky dependency): retried with
+    /// backoff up to the pipeline's `max_attempts`.
     Retryable,
+    /// A store or broker did not answer, or answered 5xx/429: an outage, which every
+    /// input would meet, not a fault of this one. Retried with backoff until the event
+    /// is `max_age` old, however many tries that takes: the pipeline holds instead of
+    /// dead-lettering good events.
+    Unavailable,
     /// Corrupt input, bad parameters, over-limit input: dead-lettered at once.
     Permanent,
 }
@@ -40,11 +47,21 @@ impl FunctionError {
         Self { kind: ErrorKind::Retryable, message: one_line(message.into()), source: None, partial: None }
     }
 
+    /// A store or broker is unavailable (see [`ErrorKind::Unavailable`]).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Unavailable, message: one_line(message.into()), source: None, partial: None }
+    }
+
     /// Some items of a batch failed; the rest succeeded with `outputs`. Retryable if
     /// any failure is.
     pub fn partial_batch(outputs: Vec<crate::Item>, failures: Vec<(usize, FunctionError)>) -> Self {
-        let kind =
-            if failures.iter().any(|(_, e)| e.is_retryable()) { ErrorKind::Retryable } else { ErrorKind::Permanent };
+        let kind = if failures.iter().all(|(_, e)| e.is_unavailable()) && !failures.is_empty() {
+            ErrorKind::Unavailable
+        } else if failures.iter().any(|(_, e)| e.is_retryable()) {
+            ErrorKind::Retryable
+        } else {
+            ErrorKind::Permanent
+        };
         let first = failures.first().map(|(i, e)| format!(": item {i}: {}", e.message)).unwrap_or_default();
         let message = format!("{} batch item(s) failed{first}", failures.len());
         Self { kind, message, source: None, partial: Some(Box::new(PartialBatch { outputs, failures })) }
@@ -69,8 +86,14 @@ impl FunctionError {
         self
     }
 
+    /// Whether another try could succeed (retryable or unavailable).
     pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Retryable
+        self.kind != ErrorKind::Permanent
+    }
+
+    /// Whether a store or broker was unavailable (an outage, not this input's fault).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == ErrorKind::Unavailable
     }
 
     pub fn message(&self) -> &str {
@@ -83,7 +106,7 @@ impl FunctionError {
         let mut next: Option<&(dyn std::error::Error + 'static)> =
             self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
         while let Some(err) = next {
-            let text = one_line(err.to_string());
+            let text = short_store_message(&err.to_string());
             if !out.contains(&text) {
                 out.push_str(": ");
                 out.push_str(&text);
@@ -95,11 +118,12 @@ impl FunctionError {
 
     /// Classifies an object-store failure. Missing objects, refused access, bad keys and
     /// other 4xx answers will not fix themselves; 5xx, throttling (429), timeouts and
-    /// connection resets may (object_store already retried them briefly, see
-    /// [`crate::store::store_retry_config`]). `context` should name bucket and key.
+    /// connection resets are the store being unavailable (object_store already retried
+    /// them briefly, see [`crate::store::store_retry_config`]). `context` should name
+    /// bucket and key.
     pub fn from_store(context: impl fmt::Display, err: object_store::Error) -> Self {
-        let message = format!("{context}: {err}");
-        let error = if store_error_is_permanent(&err) { Self::permanent(message) } else { Self::retryable(message) };
+        let message = format!("{context}: {}", short_store_message(&err.to_string()));
+        let error = if store_error_is_permanent(&err) { Self::permanent(message) } else { Self::unavailable(message) };
         error.with_source(err)
     }
 }
@@ -138,6 +162,35 @@ impl std::error::Error for FunctionError {
 
 /// Errors end up in one-line log records and dead letters: fold any line breaks a
 /// library put into its message.
+/// A store's error as a line a person reads: the S3-style error code first when the
+/// answer carried one (`NoSuchBucket`, `InvalidAccessKeyId`, `SlowDown`), never the
+/// whole XML body, and at most [`SHORT_ERROR`] characters.
+pub fn short_store_message(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].trim().to_string())
+    };
+    // object_store says "… status code: 403 Forbidden: <?xml …": keep the status.
+    let status = text
+        .find("status code: ")
+        .and_then(|at| text[at + 13..].split([':', ',']).next())
+        .map(|s| format!("{} ", s.trim()))
+        .unwrap_or_default();
+    let line = match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        (Some(code), Some(message)) => format!("{status}{code}: {message}"),
+        (Some(code), None) => format!("{status}{code}"),
+        _ => one_line(text.to_string()),
+    };
+    match line.char_indices().nth(SHORT_ERROR) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
+}
+
+/// Longest store error text kept in a message.
+pub const SHORT_ERROR: usize = 200;
+
 fn one_line(message: String) -> String {
     if message.contains(['\n', '\r']) {
         message.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")

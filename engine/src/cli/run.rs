@@ -24,6 +24,10 @@ pub struct Args {
     /// only when a pipeline has `detect = "notifications"` or `"hybrid"`.
     #[arg(long, default_value = crate::engine::DEFAULT_LISTEN, env = "WEIR_LISTEN")]
     listen: std::net::SocketAddr,
+    /// Exit 1 if a start-up health check fails (a bucket missing or unreadable, brokers
+    /// not answering, a topic missing) instead of warning and waiting for it.
+    #[arg(long)]
+    require_healthy: bool,
 }
 
 pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
@@ -38,6 +42,16 @@ pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} error(s) in pipeline files; nothing started", diagnostics.0.len());
         }
     };
+    let problems = crate::health::check(&engine.stores, &pipelines).await;
+    for problem in &problems {
+        tracing::warn!(pipeline = %problem.pipeline, part = %problem.part, error = %problem.error, "health check failed");
+    }
+    if args.require_healthy && !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("unhealthy: {problem}");
+        }
+        return Ok(ExitCode::from(1));
+    }
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signals(stop.clone()));
     engine.run(pipelines, stop).await?;

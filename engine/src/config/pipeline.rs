@@ -94,7 +94,9 @@ pub struct RetryConfig {
     /// Tries per invocation, the first included. Only retryable errors are retried.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: std::num::NonZeroU32,
-    /// No retry starts once the event is older than this.
+    /// No retry starts once the event is older than this. Retryable errors stop at
+    /// `max_attempts` or `max_age`, whichever comes first; a store or broker being
+    /// unavailable (an outage) is retried until `max_age` only, 1 hour unless set.
     #[serde(default)]
     pub max_age: Option<HumanDuration>,
     #[serde(default)]
@@ -115,6 +117,25 @@ pub struct Retry {
     pub max_age: Option<Duration>,
     pub backoff: Backoff,
     pub dead_letter: Option<String>,
+}
+
+/// How long an event may wait out an outage when `max_age` is not set: long enough for
+/// a store restart or a broker failover, short enough that a destination gone for good
+/// shows up as dead letters the same day.
+pub const OUTAGE_MAX_AGE: Duration = Duration::from_secs(3600);
+
+impl Retry {
+    /// Whether a failed try may be followed by another: `tries` made so far, the event
+    /// `age`. Unavailable destinations do not use up attempts, only time.
+    pub fn again(&self, error: &weir_functions::FunctionError, tries: u32, age: Duration) -> bool {
+        if !error.is_retryable() {
+            return false;
+        }
+        if error.is_unavailable() {
+            return age < self.max_age.unwrap_or(OUTAGE_MAX_AGE);
+        }
+        tries < self.max_attempts && self.max_age.is_none_or(|max| age < max)
+    }
 }
 
 impl From<RetryConfig> for Retry {
@@ -140,4 +161,30 @@ pub struct Step {
     pub after: Vec<usize>,
     /// Fan-in: invoked once per event with every item its `after` steps produced.
     pub collect: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weir_functions::FunctionError;
+
+    use super::*;
+
+    #[test]
+    fn outages_use_up_time_not_attempts() {
+        let retry = Retry { max_attempts: 3, max_age: None, backoff: Default::default(), dead_letter: None };
+        let (flaky, down, bad) = (
+            FunctionError::retryable("timed out"),
+            FunctionError::unavailable("503 SlowDown"),
+            FunctionError::permanent("not an image"),
+        );
+        let minute = Duration::from_secs(60);
+        assert!(retry.again(&flaky, 2, minute) && !retry.again(&flaky, 3, minute));
+        assert!(retry.again(&down, 1_000, 10 * minute), "a 10-minute outage is waited out");
+        assert!(!retry.again(&down, 1, OUTAGE_MAX_AGE), "an hour is the default limit");
+        assert!(!retry.again(&bad, 1, Duration::ZERO));
+        let short = Retry { max_age: Some(minute), ..retry };
+        assert!(!short.again(&down, 1, minute) && !short.again(&flaky, 1, minute), "max_age bounds both");
+    }
 }

@@ -31,15 +31,13 @@ pub(super) async fn step(
 ) -> Result<Vec<Item>, StepFailure> {
     let step = &rt.pipeline.steps[index];
     let permits = stream_to.is_none();
-    let last = rt.pipeline.retry.max_attempts;
     let mut item = Some(item);
     with_retries(rt, &step.name, scope.started, permits, |attempt| {
-        // The last possible try takes the item itself, earlier ones a copy to retry with
-        // — unless the item can be rebuilt for the retry.
+        // Each try gets a copy to retry with (payloads share their bytes and pixels), as
+        // an outage may call for any number of tries — unless the item can be rebuilt.
         let this = match again {
             Some(rebuild) if attempt > 1 => rebuild(),
             Some(_) => item.take(),
-            None if attempt >= last => item.take(),
             None => item.clone(),
         };
         let stream_to = stream_to.clone();
@@ -122,7 +120,10 @@ async fn once(
 }
 
 /// Runs `attempt` (one try, given its number from 1; called holding permits) until it
-/// succeeds, fails permanently, runs out of attempts or the event gets older than `max_age`.
+/// succeeds, fails permanently, or the retry policy gives up ([`crate::config::Retry::again`]).
+/// While a destination is unavailable the event keeps its slot and waits: with every
+/// slot waiting, the executor takes no new events and the trigger holds its source, so
+/// an outage pauses the pipeline and it resumes by itself.
 pub(super) async fn with_retries<T, F, Fut>(
     rt: &PipelineRuntime,
     step: &str,
@@ -136,6 +137,7 @@ where
 {
     let retry = &rt.pipeline.retry;
     let mut tries = 0;
+    let mut waiting = false;
     loop {
         tries += 1;
         let result = if hold_permits {
@@ -147,9 +149,13 @@ where
         match result {
             Ok(value) => return Ok(value),
             Err(error) => {
-                let too_old = retry.max_age.is_some_and(|age| event_started.elapsed() >= age);
-                if !error.is_retryable() || tries >= retry.max_attempts || too_old {
+                if !retry.again(&error, tries, event_started.elapsed()) {
                     return Err(StepFailure { step: step.to_string(), error, attempts: tries });
+                }
+                if error.is_unavailable() && !waiting {
+                    waiting = true;
+                    tracing::warn!(pipeline = %rt.name, step, error = %error.chain(),
+                        "destination unavailable: holding this event and retrying until it answers (or max_age)");
                 }
                 backoff(rt, step, tries).await;
             }
@@ -210,11 +216,7 @@ pub(super) async fn batch(
             let _permits = Permits::take(rt).await;
             once(rt, index, collection, scope, tries, None).await
         };
-        let can_retry = |e: &FunctionError| {
-            e.is_retryable()
-                && tries < retry.max_attempts
-                && retry.max_age.is_none_or(|age| scope.started.elapsed() < age)
-        };
+        let can_retry = |e: &FunctionError| retry.again(e, tries, scope.started.elapsed());
         let error = match result {
             Ok(items) => {
                 outputs.extend(items);

@@ -13,6 +13,7 @@ mod graph;
 mod invoke;
 mod runner;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +21,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_functions::{ErrorKind, FunctionError, Stores};
+use weir_functions::{FunctionError, Stores};
 
 use crate::config::Pipeline;
 use crate::event::{DeadLetter, DeadLetterStore, Event, NoAck, Outcome, Ran, Settled, StepFailure, Work};
 use crate::state::Ledger;
+
+/// An event that was in flight this many times when the process died (an abort, an
+/// out-of-memory kill) is dead-lettered as a poison event instead of run again: one
+/// input must not crash-loop the engine.
+pub const POISON_CRASHES: u32 = 2;
 
 /// How long events cut short by the grace period get to acknowledge as abandoned.
 const ABANDON_TIME: Duration = Duration::from_secs(1);
@@ -61,6 +67,9 @@ pub struct PipelineRuntime {
     pub stats: Arc<ExecutorStats>,
     /// Step names as shared strings, for each invocation's context.
     step_names: Vec<Arc<str>>,
+    /// Sources whose runs were in flight when a weir process died, and how often: see
+    /// [`POISON_CRASHES`].
+    crashes: std::sync::Mutex<HashMap<String, u32>>,
     graph: graph::Graph,
 }
 
@@ -83,6 +92,7 @@ impl PipelineRuntime {
             stores,
             global,
             stats: Default::default(),
+            crashes: Default::default(),
             graph,
         }
     }
@@ -163,8 +173,21 @@ impl PipelineRuntime {
                 tracing::warn!(pipeline = %self.name, error = %e, "cannot record run start");
             }
         }
+        let crashes = if quiet { 0 } else { self.crashes_of(&source) };
         let ran = tokio::select! {
-            ran = work.run(self, &event) => ran,
+            ran = async {
+                if crashes >= POISON_CRASHES {
+                    return Ran::Failed(StepFailure {
+                        step: "poison".into(),
+                        error: FunctionError::permanent(format!(
+                            "{source} was being processed when weir died {crashes} times (an abort or an \
+                             out-of-memory kill); not run again"
+                        )),
+                        attempts: 0,
+                    });
+                }
+                work.run(self, &event).await
+            } => ran,
             _ = abandon.cancelled() => Ran::Settled(Settled {
                 outcome: Outcome::Abandoned,
                 error: Some("abandoned: the engine stopped before the event finished".into()),
@@ -220,7 +243,30 @@ impl PipelineRuntime {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.stats.events_running.fetch_sub(1, Ordering::Relaxed);
+        if crashes > 0 && outcome != Outcome::Abandoned {
+            self.crashes.lock().unwrap_or_else(|p| p.into_inner()).remove(&source);
+            if let Err(e) = self.ledger.crashes_over(&self.name, &source).await {
+                tracing::warn!(pipeline = %self.name, error = %e, "cannot record that a crashed event finished");
+            }
+        }
         outcome
+    }
+
+    /// Remembers which sources of this pipeline were in flight when a weir process
+    /// died (from [`Ledger::crashed_runs`] at start-up).
+    pub fn remember_crashes(&self, crashes: HashMap<String, u32>) {
+        for (source, count) in &crashes {
+            tracing::warn!(pipeline = %self.name, key = ?source, crashes = count, "was in flight when weir died");
+        }
+        *self.crashes.lock().unwrap_or_else(|p| p.into_inner()) = crashes;
+    }
+
+    fn crashes_of(&self, source: &str) -> u32 {
+        let crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        if crashes.is_empty() {
+            return 0;
+        }
+        crashes.get(source).copied().unwrap_or(0)
     }
 
     /// Runs an event's steps outside any trigger (`weir dlq redrive`); returns how many
@@ -251,7 +297,7 @@ impl PipelineRuntime {
             event: work.record(),
             step: failure.step.clone(),
             error: failure.error.chain(),
-            error_kind: if failure.error.is_retryable() { ErrorKind::Retryable } else { ErrorKind::Permanent },
+            error_kind: failure.error.kind,
             attempts: failure.attempts,
             received_at: received_at.into(),
             failed_at: chrono::Utc::now(),

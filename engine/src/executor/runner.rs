@@ -1,6 +1,7 @@
 //! What the executor offers the events it runs ([`Runner`]): the trigger's work calls
 //! back into the step graph, the object loader and the dead letters through it.
 
+use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -33,10 +34,19 @@ impl Runner for PipelineRuntime {
 
     async fn load_object(&self, url: &str, key: &str, size: Option<u64>, scope: &Scope) -> Result<Item, StepFailure> {
         let limit = self.pipeline.limits.max_input_bytes;
-        if let Some(size) = size.filter(|s| *s > limit) {
-            return Err(StepFailure::load(FunctionError::permanent(format!(
-                "{key} is {size} bytes, over max_input_bytes = {limit}"
-            ))));
+        if size.is_some_and(|s| s > limit) {
+            // The size came with the event (a listing, or a notification anyone who may
+            // post can forge): the store has the last word before the event is refused.
+            // A failed look falls through to the bounded read, which checks as it goes.
+            let real = match self.stores.resolve(url).and_then(|bucket| bucket.path(key).map(|p| (bucket, p))) {
+                Ok((bucket, path)) => bucket.store.head(&path).await.ok().map(|meta| meta.size),
+                Err(_) => None,
+            };
+            if let Some(real) = real.filter(|r| *r > limit) {
+                return Err(StepFailure::load(FunctionError::permanent(format!(
+                    "{key} is {real} bytes, over max_input_bytes = {limit}"
+                ))));
+            }
         }
         invoke::with_retries(self, "load", scope.started, true, |_| async move {
             let bucket = self.stores.resolve(url)?;

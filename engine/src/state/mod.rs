@@ -5,6 +5,7 @@
 //! method hops onto tokio's blocking pool; a single connection behind a mutex is
 //! plenty for the handful of writes an event makes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -306,6 +307,35 @@ impl Ledger {
             c.prepare_cached("UPDATE runs SET status = ?2, attempts = ?3, duration_ms = ?4, error = ?5 WHERE id = ?1")?
                 .execute(params![id, status, attempts, ms, error])
                 .map(|_| ())
+        })
+        .await
+    }
+
+    /// Marks the runs a dead process left "running" as crashed — one writer holds the
+    /// state directory, so at start-up every one of them is — and returns, per
+    /// (pipeline, source), how many of its runs crashed and were not followed by one
+    /// that finished.
+    pub async fn crashed_runs(&self) -> Result<HashMap<(String, String), u32>, LedgerError> {
+        self.with(|c| {
+            c.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'", [])?;
+            let mut query = c.prepare(
+                "SELECT pipeline, source, COUNT(*) FROM runs WHERE status = 'crashed' GROUP BY pipeline, source",
+            )?;
+            let rows = query.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// A source that crashed before has finished: its crashes no longer count.
+    pub async fn crashes_over(&self, pipeline: &str, source: &str) -> Result<(), LedgerError> {
+        let (pipeline, source) = (pipeline.to_owned(), source.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE runs SET status = 'crashed, then finished' WHERE pipeline = ?1 AND source = ?2 AND status = 'crashed'",
+                params![pipeline, source],
+            )
+            .map(|_| ())
         })
         .await
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use weir_functions::Stores;
 
+use crate::auth::PushAuth;
 use crate::clock::Clock;
 use crate::config::diagnostics::Reporter;
 use crate::error::EngineError;
@@ -61,6 +62,12 @@ pub trait TriggerSpec: Send + Sync + 'static {
 
     /// The running trigger.
     fn build(&self, ctx: TriggerContext) -> Arc<dyn Trigger>;
+
+    /// Whether the source answers (`weir run`'s start-up health check): the bucket is
+    /// there and readable, the brokers answer and the topics exist. One short line.
+    fn health<'a>(&'a self, _stores: &'a Stores) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Tells `stores` how to reach what this trigger reads (its bucket's endpoint and
     /// credentials), once a pipeline is loaded: steps, replays and redrives then reach
@@ -126,6 +133,9 @@ pub trait Trigger: Send + Sync {
 /// A trigger's door for events pushed to it over HTTP.
 #[async_trait::async_trait]
 pub trait Inbox: Send + Sync {
+    /// Who may push (checked before the body is read).
+    fn auth(&self) -> &PushAuth;
+
     /// Takes one request body. Returns once its events are durably accepted (recorded
     /// and queued), so the sender may forget them.
     async fn deliver(&self, body: &[u8]) -> Result<Delivery, InboxError>;

@@ -200,16 +200,25 @@ pub fn shapes(key: &str, etag: &str, size: usize) -> [serde_json::Value; 4] {
 
 /// A minimal HTTP/1.1 POST; returns status and body.
 pub async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    post_with(addr, path, &[], body.as_bytes()).await
+}
+
+/// A POST with extra header lines (`"Authorization: Bearer …"`).
+pub async fn post_with(addr: std::net::SocketAddr, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before a large body is all sent.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

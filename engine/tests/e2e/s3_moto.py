@@ -36,6 +36,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[3]
 PIPELINE = ROOT / "pipelines" / "s3-thumbnails.toml"
 VARIANTS = ("thumb", "medium", "large")
+# The shared token the notification endpoint is closed with in the notifications run.
+NOTIFY_TOKEN = "e2e-notify-token-0123456789"
 
 
 def free_port():
@@ -122,11 +124,16 @@ def scenario(mode, s3, sns, args, env, work, weir_listen):
     text = text.replace('name = "s3-thumbnails"', f'name = "s3-{mode}"')
     if mode == "poll":
         text = text.replace('detect = "hybrid"', 'detect = "poll"').replace('poll_interval = "60s"', 'poll_interval = "1s"')
+        text = text.replace('notify_auth = "none"\n', '')
     else:
+        # The endpoint closed with a shared token, which SNS sends as the password of
+        # the subscription URL's basic auth.
         text = text.replace('detect = "hybrid"', 'detect = "notifications"')
+        text = text.replace('notify_auth = "none"', 'notify_token = "${env:WEIR_NOTIFY_TOKEN}"')
+        env["WEIR_NOTIFY_TOKEN"] = NOTIFY_TOKEN
         topic = sns.create_topic(Name=f"weir-{mode}")["TopicArn"]
         sns.subscribe(TopicArn=topic, Protocol="http",
-                      Endpoint=f"http://{weir_listen}/v1/notifications/s3-{mode}")
+                      Endpoint=f"http://weir:{NOTIFY_TOKEN}@{weir_listen}/v1/notifications/s3-{mode}")
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
             "TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*"]}]})
     pipeline = work / f"s3-{mode}.toml"

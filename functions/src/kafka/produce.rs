@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::producer::{Outgoing, RecordProducer};
 use crate::template::TextTemplate;
+use crate::ErrorKind;
 use crate::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Param, Payload};
 
 #[derive(Deserialize)]
@@ -115,7 +116,11 @@ impl Function for Produce {
         };
         let queue_timeout = ctx.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let delivered = self.producer.send(&record, queue_timeout).await.map_err(|e| {
-            let kind = if e.is_retryable() { FunctionError::retryable } else { FunctionError::permanent };
+            let kind = match e.kind {
+                ErrorKind::Unavailable => FunctionError::unavailable,
+                ErrorKind::Retryable => FunctionError::retryable,
+                ErrorKind::Permanent => FunctionError::permanent,
+            };
             kind(format!("{}: {}", item.describe(), e.message()))
         })?;
         let mut meta = item.meta;

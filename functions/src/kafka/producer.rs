@@ -129,7 +129,7 @@ impl RecordProducer {
     }
 }
 
-/// A delivery failure as a step error: retryable unless the broker refused the record
+/// A delivery failure as a step error: unavailable (an outage) unless the broker refused the record
 /// itself (too large, not allowed, invalid) or the topic does not exist, which no
 /// retry fixes (create the topic, then `weir dlq redrive`).
 fn classify(topic: &str, brokers: &str, error: KafkaError) -> FunctionError {
@@ -152,7 +152,8 @@ fn classify(topic: &str, brokers: &str, error: KafkaError) -> FunctionError {
         )
     );
     let message = format!("delivering a record to topic {topic:?} on {brokers}: {error}");
-    let failure = if permanent { FunctionError::permanent(message) } else { FunctionError::retryable(message) };
+    // Everything else is the brokers not taking records now: an outage.
+    let failure = if permanent { FunctionError::permanent(message) } else { FunctionError::unavailable(message) };
     failure.with_source(error)
 }
 

@@ -43,6 +43,13 @@ impl TriggerSpec for KafkaConfig {
         KafkaKind::NAME
     }
 
+    fn health<'a>(&'a self, _stores: &'a weir_functions::Stores) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let config = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || config.topics_answer()).await.map_err(|e| e.to_string())?
+        })
+    }
+
     /// `batch_size` hands the chunk to one step, which must be the only first step; a
     /// dead-letter topic must be a valid topic name.
     fn check(&self, pipeline: &PipelineFacts<'_>, report: &mut Reporter<'_>) {
@@ -366,6 +373,28 @@ fn regex_syntax_check(pattern: &str) -> Result<(), String> {
 }
 
 impl KafkaConfig {
+    /// Whether the brokers answer and every named topic exists (blocking: a metadata
+    /// request with a short timeout).
+    fn topics_answer(&self) -> Result<(), String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer =
+            self.client_config().create().map_err(|e| weir_functions::kafka::describe_error(&e, &self.librdkafka))?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).map_err(|e| {
+            format!(
+                "brokers {} do not answer: {}",
+                self.brokers,
+                weir_functions::kafka::describe_error(&e, &self.librdkafka)
+            )
+        })?;
+        let present: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        let missing: Vec<&str> =
+            self.topics.iter().map(String::as_str).filter(|t| !t.starts_with('^') && !present.contains(t)).collect();
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(format!("topic(s) {} do not exist on {}", missing.join(", "), self.brokers)),
+        }
+    }
+
     /// Whether this trigger consumes `topic` (a listed name, or a `^regex` matching it).
     pub fn consumes(&self, topic: &str) -> bool {
         self.topics.iter().any(|t| match t.starts_with('^') {

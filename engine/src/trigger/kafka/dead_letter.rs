@@ -68,6 +68,7 @@ impl DeadLetterTopic {
         let failed = letter.failed_at.to_rfc3339();
         let kind = match letter.error_kind {
             ErrorKind::Retryable => "retryable",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Permanent => "permanent",
         };
         let mut headers: Vec<(&str, &[u8])> = vec![
@@ -257,7 +258,11 @@ fn letter_of(message: &impl Message) -> Result<DeadLetter, String> {
         event: serde_json::json!({ "type": "kafka", "record": record }),
         step: field("weir.step")?,
         error: field("weir.error")?,
-        error_kind: if field("weir.error_kind")? == "retryable" { ErrorKind::Retryable } else { ErrorKind::Permanent },
+        error_kind: match field("weir.error_kind")?.as_str() {
+            "retryable" => ErrorKind::Retryable,
+            "unavailable" => ErrorKind::Unavailable,
+            _ => ErrorKind::Permanent,
+        },
         attempts: number("weir.attempts")? as u32,
         received_at: time("weir.received_at")?,
         failed_at: time("weir.failed_at")?,

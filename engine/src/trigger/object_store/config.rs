@@ -10,6 +10,7 @@ use weir_functions::KeyFilter;
 
 use super::event::ObjectWork;
 use super::{history, ObjectStoreTrigger};
+use crate::auth::{PushAuth, MIN_TOKEN_CHARS};
 use crate::config::diagnostics::Reporter;
 use crate::config::units::HumanDuration;
 use crate::error::EngineError;
@@ -32,6 +33,13 @@ impl TriggerKind for ObjectStoreKind {
 impl TriggerSpec for ObjectStoreConfig {
     fn kind(&self) -> &'static str {
         ObjectStoreKind::NAME
+    }
+
+    fn health<'a>(&'a self, stores: &'a weir_functions::Stores) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let bucket = stores.resolve(&self.url).map_err(|e| e.to_string())?;
+            bucket.reachable(self.filter.dir()).await
+        })
     }
 
     fn register_stores(&self, stores: &weir_functions::Stores) {
@@ -94,7 +102,13 @@ pub struct RawConfig {
     #[serde(default)]
     exclude: Vec<Spanned<String>>,
     #[serde(default)]
-    detect: Option<Detect>,
+    detect: Option<Spanned<Detect>>,
+    /// The shared token pushed notifications must carry.
+    #[serde(default)]
+    notify_token: Option<Spanned<String>>,
+    /// `"none"`: accept notifications from anyone who can reach a loopback address.
+    #[serde(default)]
+    notify_auth: Option<Spanned<String>>,
     #[serde(default, alias = "rescan_interval")]
     poll_interval: Option<HumanDuration>,
     #[serde(default = "default_poll_page")]
@@ -165,6 +179,8 @@ pub struct ObjectStoreConfig {
     pub verify: bool,
     /// object_store configuration keys for this URL (`aws_endpoint`, …).
     pub options: Vec<(String, String)>,
+    /// Who may post notifications (with `detect = "notifications"` or `"hybrid"`).
+    pub auth: PushAuth,
 }
 
 impl RawConfig {
@@ -177,11 +193,15 @@ impl RawConfig {
             ok = false;
         }
         let local = scheme == "file";
-        let detect = self.detect.unwrap_or(if local { Detect::Watch } else { Detect::Poll });
+        let detect_span = self.detect.as_ref().map(|d| d.span()).unwrap_or(0..0);
+        let detect = self.detect.map(Spanned::into_inner).unwrap_or(if local { Detect::Watch } else { Detect::Poll });
         if detect == Detect::Watch && !local {
-            report.error(0..0, format!("detect = \"watch\" needs a file:// bucket, not {}", self.url));
+            report.error(detect_span.clone(), format!("detect = \"watch\" needs a file:// bucket, not {}", self.url));
             ok = false;
         }
+        let pushed = matches!(detect, Detect::Notifications | Detect::Hybrid);
+        let auth = push_auth(pushed, detect_span, self.notify_token, self.notify_auth, report);
+        ok &= auth.is_some();
         if *self.poll_page.get_ref() == 0 {
             report.error(self.poll_page.span(), "poll_page must be at least 1");
             ok = false;
@@ -209,7 +229,7 @@ impl RawConfig {
             report.error(key.span(), format!("[trigger.options] only apply to cloud stores, not {scheme}://"));
             ok = false;
         }
-        let filter = filter?;
+        let (filter, auth) = (filter?, auth?);
         ok.then(|| ObjectStoreConfig {
             url: self.url,
             filter,
@@ -225,6 +245,50 @@ impl RawConfig {
             removals,
             verify: self.verify,
             options,
+            auth,
         })
+    }
+}
+
+/// Closed by default: pushed notifications need `notify_token`, or an explicit
+/// `notify_auth = "none"` (which `weir run` accepts only on a loopback address).
+fn push_auth(
+    pushed: bool,
+    detect: std::ops::Range<usize>,
+    token: Option<Spanned<String>>,
+    none: Option<Spanned<String>>,
+    report: &mut Reporter<'_>,
+) -> Option<PushAuth> {
+    if !pushed {
+        if let Some(span) = token.map(|t| t.span()).or(none.map(|n| n.span())) {
+            report.error(span, "notify_token and notify_auth only apply with detect = \"notifications\" or \"hybrid\"");
+            return None;
+        }
+        return Some(PushAuth::None);
+    }
+    match (token, none) {
+        (Some(token), None) if token.get_ref().chars().count() < MIN_TOKEN_CHARS => {
+            report.error(token.span(), format!("notify_token must be at least {MIN_TOKEN_CHARS} characters"));
+            None
+        }
+        (Some(token), None) => Some(PushAuth::Token(token.into_inner())),
+        (None, Some(none)) if none.get_ref() == "none" => Some(PushAuth::None),
+        (None, Some(other)) => {
+            report.error(other.span(), "notify_auth takes only \"none\" (or set notify_token instead)");
+            None
+        }
+        (Some(_), Some(none)) => {
+            report.error(none.span(), "notify_token and notify_auth = \"none\" exclude each other");
+            None
+        }
+        (None, None) => {
+            report.error(
+                detect,
+                "notifications need a credential: notify_token = \"${env:WEIR_NOTIFY_TOKEN}\" (sent as \
+                 `Authorization: Bearer …`, or as the password in http://weir:TOKEN@host/… for SNS), or \
+                 notify_auth = \"none\" to accept any caller on a loopback address",
+            );
+            None
+        }
     }
 }

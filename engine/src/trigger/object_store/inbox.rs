@@ -12,9 +12,14 @@ use object_store::ObjectStoreExt;
 use weir_functions::key_filter::bucket_name;
 
 use super::{Candidate, Consider, ObjectStoreTrigger, ObjectWork};
+use crate::auth::PushAuth;
 use crate::event::{Event, NoAck};
 use crate::trigger::notification::{self, Change, Notification, ObjectNotice};
 use crate::trigger::{Delivery, Inbox, InboxError};
+
+/// Most records one request may carry (S3, SNS and EventBridge send one): a body of
+/// 15,000 records for missing keys must not become 15,000 lookups and log lines.
+pub const MAX_RECORDS: usize = 100;
 
 /// How long a notification arriving during start-up waits for the trigger.
 const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -29,6 +34,10 @@ enum Ignored {
 
 #[async_trait::async_trait]
 impl Inbox for ObjectStoreTrigger {
+    fn auth(&self) -> &PushAuth {
+        &self.config.auth
+    }
+
     async fn deliver(&self, body: &[u8]) -> Result<Delivery, InboxError> {
         let mut started = self.running.subscribe();
         let (sink, stop) = match tokio::time::timeout(STARTUP_WAIT, started.wait_for(Option::is_some)).await {
@@ -40,6 +49,12 @@ impl Inbox for ObjectStoreTrigger {
             return Err(InboxError::Unavailable("shutting down".into()));
         }
         let notices = match notification::parse(body).map_err(|e| InboxError::Malformed(e.to_string()))? {
+            Notification::Objects(notices) if notices.len() > MAX_RECORDS => {
+                return Err(InboxError::Malformed(format!(
+                    "{} records in one request, over {MAX_RECORDS}",
+                    notices.len()
+                )));
+            }
             Notification::Objects(notices) => notices,
             Notification::Test => {
                 tracing::info!(pipeline = %self.ctx.pipeline, "test notification received");
@@ -74,7 +89,8 @@ impl ObjectStoreTrigger {
     ) -> anyhow::Result<Option<Ignored>> {
         let pipeline = &*self.ctx.pipeline;
         let Some(key) = relative_key(bucket, &notice) else {
-            tracing::warn!(pipeline, bucket = %notice.bucket, key = %notice.key, url = %bucket.url,
+            // Debug-formatted: a newline in a posted field must not forge a log line.
+            tracing::warn!(pipeline, bucket = ?notice.bucket, key = ?notice.key, url = %bucket.url,
                 "notification for another bucket or outside the URL's prefix; ignored");
             return Ok(Some(Ignored::OtherBucket));
         };
@@ -99,7 +115,13 @@ impl ObjectStoreTrigger {
             _ => match bucket.store.head(&bucket.path(&key)?).await {
                 Ok(meta) => Candidate::from_meta(key, &meta),
                 Err(object_store::Error::NotFound { .. }) => {
-                    tracing::info!(pipeline, key = %key, "notified object no longer exists; ignored");
+                    tracing::info!(pipeline, key = ?key, "notified object no longer exists; ignored");
+                    return Ok(Some(Ignored::Gone));
+                }
+                // About this notice alone (a key no store can hold, access refused): the
+                // rest of the request goes on.
+                Err(e) if weir_functions::error::store_error_is_permanent(&e) => {
+                    tracing::info!(pipeline, key = ?key, error = %e, "notified object cannot be looked up; ignored");
                     return Ok(Some(Ignored::Gone));
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("looking up {key} in {}", bucket.url))),
@@ -118,7 +140,10 @@ impl ObjectStoreTrigger {
 
 /// The notice's key relative to the trigger's URL, if it is in the URL's bucket and prefix.
 fn relative_key(bucket: &weir_functions::Bucket, notice: &ObjectNotice) -> Option<String> {
-    if Some(&notice.bucket) != bucket_name(&bucket.url).as_ref() {
+    // A local bucket answers to its URL's last segment or its directory's name
+    // (`file://.` is the directory weir runs in).
+    let local_name = bucket.local_root.as_ref().and_then(|root| root.file_name()).and_then(|n| n.to_str());
+    if Some(&notice.bucket) != bucket_name(&bucket.url).as_ref() && Some(notice.bucket.as_str()) != local_name {
         return None;
     }
     let prefix = bucket.prefix.as_ref();

@@ -209,8 +209,11 @@ impl ObjectStoreTrigger {
         }
         let Ok(location) = bucket.path(&key) else { return Ok(Consider::Skipped) };
         match bucket.store.head(&location).await {
-            // Gone again (a temp file renamed away): nothing to do.
-            Err(object_store::Error::NotFound { .. }) => Ok(Consider::Skipped),
+            // Gone again (a temp file renamed away): nothing to do. A symlink: never
+            // followed, and reported by the listings.
+            Err(object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. }) => {
+                Ok(Consider::Skipped)
+            }
             Err(e) => Err(e).with_context(|| format!("reading metadata of {key} in {}", bucket.url)),
             Ok(mut meta) => {
                 // The writer closed the file: it is complete however recent.
@@ -221,7 +224,8 @@ impl ObjectStoreTrigger {
     }
 
     fn log_poll_error(&self, e: &anyhow::Error) {
-        tracing::warn!(pipeline = %self.ctx.pipeline, url = %self.config.url, error = format!("{e:#}"), "listing failed; will retry");
+        let error = weir_functions::error::short_store_message(&format!("{e:#}"));
+        tracing::warn!(pipeline = %self.ctx.pipeline, url = %self.config.url, error, "listing failed; will retry");
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) fn watch(dir: &Path) -> anyhow::Result<(notify::RecommendedWatcher, m
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
     let (tx, rx) = mpsc::channel(1024);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let handler = move |res: notify::Result<notify::Event>| {
         let changes: Vec<Change> = match res {
             Err(_) => vec![Change::Rescan],
             Ok(event) if event.need_rescan() => vec![Change::Rescan],
@@ -52,7 +52,10 @@ pub(super) fn watch(dir: &Path) -> anyhow::Result<(notify::RecommendedWatcher, m
                 return;
             }
         }
-    })?;
+    };
+    // A link in the bucket must not put watches on directories elsewhere on the disk.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
     watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok((watcher, rx))
 }

@@ -13,6 +13,9 @@ use object_store::ObjectStore;
 
 use crate::FunctionError;
 
+mod local;
+pub use local::LocalBucket;
+
 /// A store plus the prefix inside it that a URL points at. Keys are relative to `prefix`.
 #[derive(Clone, Debug)]
 pub struct Bucket {
@@ -32,10 +35,6 @@ impl Bucket {
             .map_err(|why| FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url)))?;
         let relative = Path::parse(key)
             .map_err(|e| FunctionError::permanent(format!("invalid key {key:?} in {}: {e}", self.url)))?;
-        if let Some(root) = &self.local_root {
-            stays_inside(root, key)
-                .map_err(|why| FunctionError::permanent(format!("refusing key {key:?} in {}: {why}", self.url)))?;
-        }
         Ok(self.prefix.parts().chain(relative.parts()).collect())
     }
 
@@ -53,28 +52,20 @@ impl Bucket {
         self.path(key)
     }
 
+    /// Whether the bucket answers a listing of `dir` (start-up health checks): the
+    /// bucket exists and these credentials may read it. The error is one short line.
+    pub async fn reachable(&self, dir: &str) -> Result<(), String> {
+        let path = if dir.is_empty() { self.prefix.clone() } else { self.path(dir).map_err(|e| e.to_string())? };
+        match self.store.list_with_delimiter(Some(&path)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{}: {}", self.url, crate::error::short_store_message(&e.to_string()))),
+        }
+    }
+
     /// The key of a store path, relative to this bucket's prefix.
     pub fn key_of(&self, path: &Path) -> Option<String> {
         let rest: Vec<_> = path.prefix_match(&self.prefix)?.collect();
         Some(rest.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/"))
-    }
-}
-
-/// For a directory bucket: the deepest existing ancestor of `root/key` must resolve
-/// (symlinks followed) to a place inside `root`, so a symlink planted in the bucket
-/// cannot lead reads or writes elsewhere on the disk.
-fn stays_inside(root: &std::path::Path, key: &str) -> Result<(), &'static str> {
-    let mut candidate = root.join(key);
-    loop {
-        match candidate.canonicalize() {
-            Ok(real) if real.starts_with(root) => return Ok(()),
-            Ok(_) => return Err("it leads outside the bucket through a symlink"),
-            Err(_) => {
-                if !candidate.pop() || !candidate.starts_with(root) {
-                    return Ok(());
-                }
-            }
-        }
     }
 }
 
@@ -155,9 +146,7 @@ impl Stores {
             let dir = std::path::Path::new(if rest.is_empty() { "." } else { rest });
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
             let root = dir.canonicalize().map_err(|e| bad(e.to_string()))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                .map_err(|e| bad(e.to_string()))?
-                .with_automatic_cleanup(true);
+            let store = LocalBucket::open(&root).map_err(|e| bad(e.to_string()))?;
             return Ok(Bucket {
                 url: url.to_string(),
                 store: Arc::new(store),
@@ -291,25 +280,6 @@ mod tests {
         assert!(bucket.path("../escape").is_err());
         let path = bucket.path("processed/thumb/cat.jpg").unwrap();
         assert_eq!(bucket.key_of(&path).as_deref(), Some("processed/thumb/cat.jpg"));
-    }
-
-    #[test]
-    fn symlinks_out_of_a_file_bucket_are_refused() {
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret.txt"), dir.path().join("link.jpg")).unwrap();
-        std::fs::create_dir(dir.path().join("inbox")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("inbox"), dir.path().join("alias")).unwrap();
-        let bucket = Stores::new().resolve(&format!("file://{}", dir.path().display())).unwrap();
-        for key in ["escape/secret.txt", "escape/new/output.jpg", "link.jpg"] {
-            let err = bucket.path(key).unwrap_err();
-            assert!(err.message().contains("outside the bucket"), "{key}: {}", err.message());
-        }
-        // Links that stay inside, and keys that do not exist yet, are fine.
-        assert!(bucket.path("alias/a.jpg").is_ok());
-        assert!(bucket.path("new/dir/a.jpg").is_ok());
     }
 
     #[test]

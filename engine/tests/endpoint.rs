@@ -1,0 +1,206 @@
+//! The notification endpoint as an attacker sees it: closed without the pipeline's
+//! token, bounded in body size, records per request, header and body time and
+//! connections, and a forged size never dead-letters a real object.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::s3::{post_with, s3_records, S3Server};
+use common::{registry_with_probe, wait_for, Sandbox};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_engine::{Engine, RunningEngine};
+
+const TOKEN: &str = "endpoint-test-token-0123456789";
+const PATH: &str = "/v1/notifications/guarded";
+
+fn pipeline(server: &S3Server, auth: &str) -> String {
+    format!(
+        "name = \"guarded\"\n[trigger]\nkind = \"object_store\"\nurl = \"s3://photos\"\nprefix = \"inbox/\"\n\
+         detect = \"notifications\"\n{auth}\n[trigger.options]\n{}\n[limits]\nmax_input_bytes = \"1KiB\"\n\
+         [[step]]\nname = \"see\"\nfunction = \"test.probe\"\n",
+        server.options_toml()
+    )
+}
+
+async fn start(
+    sandbox: &Sandbox,
+    toml: &str,
+    listen: &str,
+) -> anyhow::Result<(RunningEngine, std::sync::Arc<common::Probe>)> {
+    let (registry, probe) = registry_with_probe();
+    let engine =
+        Engine::new(registry).state_dir(sandbox.state()).grace(Duration::from_secs(5)).listen(listen.parse().unwrap());
+    let file = sandbox.pipeline("guarded", toml);
+    Ok((engine.start(engine.load(&[file]).unwrap()).await?, probe))
+}
+
+fn dead_letters(sandbox: &Sandbox) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(sandbox.state().join("dead-letter/guarded")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_token_opens_the_endpoint() {
+    let server = S3Server::start(&["photos"]).await;
+    let put = server.client("photos").put(&Path::from("inbox/a.txt"), "hello".into()).await.unwrap();
+    let body = s3_records("photos", "inbox/a.txt", put.e_tag.unwrap().trim_matches('"'), 5, "ObjectCreated:Put");
+    let body = body.to_string();
+    let sandbox = Sandbox::new();
+    let toml = pipeline(&server, &format!("notify_token = \"{TOKEN}\""));
+    let (running, probe) = start(&sandbox, &toml, "127.0.0.1:0").await.unwrap();
+    let addr = running.http_addr.unwrap();
+    for refused in [
+        vec![],
+        vec!["Authorization: Bearer wrong-token-0123456789".to_string()],
+        vec![format!("Authorization: Bearer {TOKEN}x")],
+    ] {
+        let headers: Vec<&str> = refused.iter().map(String::as_str).collect();
+        let (status, answer) = post_with(addr, PATH, &headers, body.as_bytes()).await;
+        assert_eq!(status, 401, "{refused:?}: {answer}");
+        assert!(!answer.contains(TOKEN), "{answer}");
+    }
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(post_with(addr, PATH, &[&bearer], body.as_bytes()).await.0, 202);
+    // SNS subscribed to http://weir:TOKEN@host/… sends it as basic auth.
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("weir:{TOKEN}"));
+    let basic = format!("Authorization: Basic {basic}");
+    assert_eq!(post_with(addr, PATH, &[&basic], body.as_bytes()).await.0, 202);
+    wait_for(Duration::from_secs(30), "the object run", || probe.calls() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.calls(), 1, "refused requests ran nothing; the repeated one was deduplicated");
+    assert!(dead_letters(&sandbox).is_empty(), "refused requests are not dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_endpoint_is_refused_off_loopback_and_a_missing_credential_by_validate() {
+    let server = S3Server::start(&["photos"]).await;
+    let sandbox = Sandbox::new();
+    let error = start(&sandbox, &pipeline(&server, "notify_auth = \"none\""), "0.0.0.0:0").await.err().unwrap();
+    assert!(error.to_string().contains("only allowed on a loopback address"), "{error}");
+    let (registry, _) = registry_with_probe();
+    let file = sandbox.pipeline("guarded", &pipeline(&server, ""));
+    let Err(diagnostics) = Engine::new(registry).load(&[file]) else {
+        panic!("a pipeline without a credential loaded")
+    };
+    let diagnostics = diagnostics.to_string();
+    assert!(diagnostics.contains("notifications need a credential"), "{diagnostics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_forged_sizes_cost_one_answer_each() {
+    let server = S3Server::start(&["photos"]).await;
+    let photos = server.client("photos");
+    let sandbox = Sandbox::new();
+    let (running, probe) = start(&sandbox, &pipeline(&server, "notify_auth = \"none\""), "127.0.0.1:0").await.unwrap();
+    let addr = running.http_addr.unwrap();
+
+    // 15,000 records for missing keys (7 MB): refused unread. 1,000 (under 1 MiB): one
+    // 400 and one small dead letter. Neither makes a single lookup.
+    let flood = |n: usize| {
+        let records: Vec<serde_json::Value> = (0..n)
+            .map(|i| s3_records("photos", &format!("inbox/m{i}"), "e", 1, "ObjectCreated:Put")["Records"][0].clone())
+            .collect();
+        serde_json::json!({ "Records": records }).to_string()
+    };
+    assert_eq!(post_with(addr, PATH, &[], flood(15_000).as_bytes()).await.0, 413);
+    let (status, answer) = post_with(addr, PATH, &[], flood(1_000).as_bytes()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("1000 records in one request, over 100"), "{answer}");
+    let head_requests = server.log.lock().unwrap().iter().filter(|r| r.method == http::Method::HEAD).count();
+    assert_eq!(head_requests, 0, "a flood made lookups");
+    // A 2 MB body: refused unread, nothing kept.
+    let (status, _) = post_with(addr, PATH, &[], &vec![b'x'; 2 << 20]).await;
+    assert_eq!(status, 413);
+    // Malformed and large-ish: 400, and its dead letter keeps only the first 4 KiB.
+    let (status, _) = post_with(addr, PATH, &[], &vec![b'{'; 500_000]).await;
+    assert_eq!(status, 400);
+    let kept: Vec<u64> = dead_letters(&sandbox).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
+    assert!(!kept.is_empty() && kept.iter().all(|&len| len < 16 << 10), "dead letters kept whole: {kept:?}");
+
+    // A real 5-byte object notified as 10 GB: the store's size wins; it runs.
+    let put = photos.put(&Path::from("inbox/small.txt"), "small".into()).await.unwrap();
+    let forged =
+        s3_records("photos", "inbox/small.txt", put.e_tag.unwrap().trim_matches('"'), 10 << 30, "ObjectCreated:Put");
+    assert_eq!(post_with(addr, PATH, &[], forged.to_string().as_bytes()).await.0, 202);
+    wait_for(Duration::from_secs(30), "the forged-size object run", || probe.calls() == 1).await;
+    let stats = running.pipeline("guarded").unwrap().executor.clone();
+    running.stop().await.unwrap();
+    assert_eq!(stats.events_dead_lettered.load(Ordering::SeqCst), 0, "a forged size dead-lettered a real object");
+}
+
+/// Half-sent requests (headers never finished) are cut after the header timeout and
+/// never hold up a stop: 300 of them exhausted file descriptors and kept SIGTERM
+/// waiting a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_cut_off_and_never_delay_a_stop() {
+    let server = S3Server::start(&["photos"]).await;
+    let sandbox = Sandbox::new();
+    let (running, _) = start(&sandbox, &pipeline(&server, "notify_auth = \"none\""), "127.0.0.1:0").await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Le").as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    for stream in &mut slow {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await;
+        assert!(read.is_ok(), "a half-sent request was held for 20 s");
+    }
+    assert!(started.elapsed() < weir_engine::http::HEADER_TIMEOUT + Duration::from_secs(5));
+    // The endpoint still answers.
+    let health = reqwest_get(addr).await;
+    assert_eq!(health, "ok");
+
+    // Now hold many open and stop: the stop does not wait for them.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(b"POST /v1/notifications/guarded HTTP/1.1\r\nHost: x\r\n").await;
+        held.push(stream);
+    }
+    let stopping = Instant::now();
+    running.stop().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(4), "the stop waited {:?} for clients", stopping.elapsed());
+}
+
+async fn reqwest_get(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// A local bucket takes notifications naming it by its directory, and a record for a
+/// key no file system can hold (over 255 bytes, no ETag) is ignored alone: it used to
+/// fail the whole request with 503, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_bucket_takes_notifications_and_an_impossible_key_fails_only_itself() {
+    let sandbox = Sandbox::new();
+    sandbox.drop_file("inbox/real.txt", b"real");
+    let toml = "name = \"guarded\"\n[trigger]\nkind = \"object_store\"\nurl = \"{bucket}\"\nprefix = \"inbox/\"\n\
+                detect = \"notifications\"\nnotify_auth = \"none\"\n[[step]]\nname = \"see\"\nfunction = \"test.probe\"\n";
+    let (running, probe) = start(&sandbox, toml, "127.0.0.1:0").await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let record = |key: &str| {
+        serde_json::json!({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "bucket"}, "object": {"key": key}}})
+    };
+    let long = format!("inbox/{}.txt", "x".repeat(300));
+    let body = serde_json::json!({ "Records": [record(&long), record("inbox/real.txt")] }).to_string();
+    let (status, answer) = post_with(addr, PATH, &[], body.as_bytes()).await;
+    assert_eq!((status, answer.as_str()), (202, r#"{"ignored":1,"queued":1}"#));
+    wait_for(Duration::from_secs(30), "the real file run", || probe.calls() == 1).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.key_counts().into_keys().collect::<Vec<_>>(), ["inbox/real.txt"]);
+}
