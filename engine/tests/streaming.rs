@@ -139,6 +139,26 @@ async fn a_streaming_step_runs_only_a_bounded_distance_ahead() {
     }
 }
 
+/// A `collect` step holds everything it gathers: a sweep of millions into one would
+/// hold them all. Past `limits.max_collect` the event fails, naming the step and the
+/// limit, and the stream stops there instead of running to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collect_past_max_collect_fails_clearly_and_early() {
+    let sandbox = Sandbox::new();
+    let counts = Counts::default();
+    let engine = Engine::new(registry(&counts)).state_dir(sandbox.state());
+    let text = counting_pipeline(2, 20_000).replace("concurrency = 2\n", "concurrency = 2\nmax_collect = 1000\n");
+    let pipeline = engine.load(&[sandbox.pipeline("count", &text)]).unwrap().remove(0);
+    let ledger = engine.ledger().unwrap();
+    let runtime = engine.runtime(pipeline, &ledger, Arc::new(Semaphore::new(8))).unwrap();
+    let failure = runtime.execute(Arc::new(JsonWork { value: serde_json::json!({}) })).await.unwrap_err();
+    assert_eq!(failure.step, "all");
+    assert!(failure.error.message().contains("would collect more than 1000 items (limits.max_collect)"));
+    assert!(!failure.error.is_retryable());
+    assert_eq!(counts.collections.load(Ordering::SeqCst), 0, "the collect step never ran");
+    assert!(counts.consumed.load(Ordering::SeqCst) < 1100, "the stream ran on past the limit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_sweep_copies_a_whole_prefix_for_one_replayed_tick() {
     const N: usize = 3_000;

@@ -49,6 +49,9 @@ pub struct LimitsConfig {
     /// Events waiting between the trigger and the executor. When full, the trigger waits.
     #[serde(default)]
     pub queue: Option<std::num::NonZeroUsize>,
+    /// Most items a `collect` step gathers for one event (they are all in memory).
+    #[serde(default = "default_max_collect")]
+    pub max_collect: std::num::NonZeroUsize,
 }
 
 /// The effective limits of a pipeline.
@@ -59,6 +62,7 @@ pub struct Limits {
     pub max_input_bytes: u64,
     pub max_pixels: u64,
     pub queue: usize,
+    pub max_collect: usize,
 }
 
 fn default_concurrency() -> std::num::NonZeroUsize {
@@ -69,6 +73,9 @@ fn default_timeout() -> HumanDuration {
 }
 fn default_max_input_bytes() -> ByteSize {
     ByteSize(64 << 20)
+}
+fn default_max_collect() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(100_000).expect("non-zero")
 }
 fn default_max_pixels() -> std::num::NonZeroU64 {
     std::num::NonZeroU64::new(100_000_000).expect("non-zero")
@@ -83,6 +90,7 @@ impl From<LimitsConfig> for Limits {
             max_input_bytes: c.max_input_bytes.0,
             max_pixels: c.max_pixels.get(),
             queue: c.queue.map(|q| q.get()).unwrap_or(concurrency * 2),
+            max_collect: c.max_collect.get(),
         }
     }
 }

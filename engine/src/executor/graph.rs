@@ -83,6 +83,7 @@ pub(super) async fn run(
         for &r in &graph.roots {
             walk.launch(r, root.clone());
         }
+        Ok(())
     }))
     .await
 }
@@ -103,7 +104,7 @@ async fn walk<'a>(
     rt: &'a PipelineRuntime,
     scope: &'a EventScope,
     meta: Metadata,
-    start: impl FnOnce(&mut Walk<'a>),
+    start: impl FnOnce(&mut Walk<'a>) -> Result<(), StepFailure>,
 ) -> Result<usize, StepFailure> {
     let graph = &rt.graph;
     let n = graph.children.len();
@@ -120,7 +121,7 @@ async fn walk<'a>(
     };
     let mut fired = vec![false; n];
     let mut invocations = 0;
-    start(&mut walk);
+    start(&mut walk)?;
     loop {
         for c in 0..n {
             let ready = graph.collect[c]
@@ -141,11 +142,11 @@ async fn walk<'a>(
                 if !streaming {
                     walk.plain_running -= 1;
                     walk.pending[index] -= 1;
-                    walk.dispatch(index, items);
+                    walk.dispatch(index, items)?;
                 }
             }
             Some((index, item)) = walk.streamed.next(), if can_take => match item {
-                Some(item) => walk.dispatch(index, vec![item]),
+                Some(item) => walk.dispatch(index, vec![item])?,
                 None => walk.pending[index] -= 1,
             },
             else => break,
@@ -194,11 +195,25 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Hands a step's outputs to the steps after it.
-    fn dispatch(&mut self, index: usize, items: Vec<Item>) {
+    /// Hands a step's outputs to the steps after it. A `collect` step holds what it
+    /// gathers in memory: past `limits.max_collect` items the event fails, clearly,
+    /// instead of holding a sweep of millions.
+    fn dispatch(&mut self, index: usize, items: Vec<Item>) -> Result<(), StepFailure> {
         let graph = &self.rt.graph;
         for &child in &graph.children[index] {
             if graph.collect[child] {
+                let max = self.rt.pipeline.limits.max_collect;
+                if self.collected[child].len() + items.len() > max {
+                    let step = &self.rt.pipeline.steps[child].name;
+                    return Err(StepFailure {
+                        step: step.clone(),
+                        error: weir_functions::FunctionError::permanent(format!(
+                            "step {step:?} would collect more than {max} items (limits.max_collect): \
+                             process them one by one instead, or raise the limit"
+                        )),
+                        attempts: 0,
+                    });
+                }
                 self.collected[child].extend(items.iter().cloned());
             } else {
                 for item in &items {
@@ -206,5 +221,6 @@ impl<'a> Walk<'a> {
                 }
             }
         }
+        Ok(())
     }
 }

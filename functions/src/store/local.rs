@@ -151,38 +151,94 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000_000
 }
 
-/// Writes `payload` to a temp file in `dir` and moves it to `name` per `mode`.
-fn write_into(dir: &Dir, name: &str, payload: &PutPayload, mode: &PutMode, location: &Path) -> Result<PutResult> {
-    let temp = temp_name(name);
-    let mut file = create_new(dir, &temp, location)?;
-    let written = payload.iter().try_for_each(|chunk| file.write_all(chunk)).and_then(|()| file.sync_data());
-    if let Err(e) = written {
-        let _ = dir.remove_file(&temp);
-        return Err(io_error(location, e));
+/// A file being written, not yet visible under its name. Unnamed (`O_TMPFILE`) where
+/// the file system allows, so a process killed mid-write leaves nothing behind;
+/// otherwise a `name#N` temp file next to the target, which listings skip.
+struct Pending {
+    file: std::fs::File,
+    temp: Option<String>,
+}
+
+impl Pending {
+    fn new(dir: &Dir, name: &str, location: &Path) -> Result<Self> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        if let Ok(fd) = rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o644)) {
+            return Ok(Self { file: std::fs::File::from(fd), temp: None });
+        }
+        let temp = temp_name(name);
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true).follow(FollowSymlinks::No);
+        let file = dir.open_with(&temp, &options).map_err(|e| io_error(location, e))?;
+        Ok(Self { file: file.into_std(), temp: Some(temp) })
     }
-    let meta = file.metadata().map_err(|e| io_error(location, e))?;
-    place(dir, &temp, name, matches!(mode, PutMode::Create), location)?;
-    Ok(PutResult { e_tag: meta_of(location.clone(), &meta).e_tag, version: None, extensions: Extensions::default() })
+
+    /// Makes the file visible as `name` (in `dir`, the directory it was made in): a
+    /// rename or link replaces a file or a link itself, never what a link points at;
+    /// `exclusive` fails if the name exists.
+    fn place(self, dir: &Dir, name: &str, exclusive: bool, location: &Path) -> Result<()> {
+        let temp = match self.temp {
+            Some(temp) => temp,
+            None => {
+                // Linking the unnamed file under its final name is atomic and leaves no
+                // temp name; only an existing name needs a temp link and a rename.
+                match link_unnamed(&self.file, dir, name) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !exclusive => {
+                        let temp = temp_name(name);
+                        link_unnamed(&self.file, dir, &temp).map_err(|e| io_error(location, e))?;
+                        temp
+                    }
+                    Err(e) => return Err(io_error(location, e)),
+                }
+            }
+        };
+        let placed = if exclusive {
+            dir.hard_link(&temp, dir, name).and_then(|()| dir.remove_file(&temp))
+        } else {
+            dir.rename(&temp, dir, name)
+        };
+        placed.map_err(|e| {
+            let _ = dir.remove_file(&temp);
+            io_error(location, e)
+        })
+    }
+
+    /// Gives up: nothing stays behind.
+    fn discard(self, dir: &Dir) {
+        if let Some(temp) = self.temp {
+            let _ = dir.remove_file(temp);
+        }
+    }
+
+    fn metadata(&self) -> io::Result<Metadata> {
+        File::from_std(self.file.try_clone()?).metadata()
+    }
 }
 
-fn create_new(dir: &Dir, name: &str, location: &Path) -> Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true).follow(FollowSymlinks::No);
-    dir.open_with(name, &options).map_err(|e| io_error(location, e))
+/// `linkat` of an `O_TMPFILE` file through `/proc/self/fd`, which needs no privilege
+/// (unlike `AT_EMPTY_PATH`).
+fn link_unnamed(file: &std::fs::File, dir: &Dir, name: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(rustix::fs::CWD, proc.as_str(), dir, name, rustix::fs::AtFlags::SYMLINK_FOLLOW)
+        .map_err(io::Error::from)
 }
 
-/// Moves the temp file into place: a rename (replacing a file, or a link itself, never
-/// what a link points at), or a hard link that fails if the name exists.
-fn place(dir: &Dir, temp: &str, name: &str, exclusive: bool, location: &Path) -> Result<()> {
-    let placed = if exclusive {
-        dir.hard_link(temp, dir, name).and_then(|()| dir.remove_file(temp))
-    } else {
-        dir.rename(temp, dir, name)
+/// Writes `payload` into a pending file in `dir` and places it at `name` per `mode`.
+fn write_into(dir: &Dir, name: &str, payload: &PutPayload, mode: &PutMode, location: &Path) -> Result<PutResult> {
+    let mut pending = Pending::new(dir, name, location)?;
+    let written =
+        payload.iter().try_for_each(|chunk| pending.file.write_all(chunk)).and_then(|()| pending.file.sync_data());
+    let meta = match written.and_then(|()| pending.metadata()) {
+        Ok(meta) => meta,
+        Err(e) => {
+            pending.discard(dir);
+            return Err(io_error(location, e));
+        }
     };
-    placed.map_err(|e| {
-        let _ = dir.remove_file(temp);
-        io_error(location, e)
-    })
+    pending.place(dir, name, matches!(mode, PutMode::Create), location)?;
+    Ok(PutResult { e_tag: meta_of(location.clone(), &meta).e_tag, version: None, extensions: Extensions::default() })
 }
 
 #[async_trait]
@@ -210,16 +266,15 @@ impl ObjectStore for LocalBucket {
     ) -> Result<Box<dyn MultipartUpload>> {
         let shown = self.root_path.join(location.as_ref());
         let location = location.clone();
-        let (dir, name, temp, file) = self
+        let (dir, name, pending) = self
             .blocking(move |root| {
                 let (dirs, name) = split(&location)?;
                 let dir = open_dirs(root, &dirs, true, &location)?;
-                let temp = temp_name(&name);
-                let file = create_new(&dir, &temp, &location)?;
-                Ok((dir, name, temp, file))
+                let pending = Pending::new(&dir, &name, &location)?;
+                Ok((dir, name, pending))
             })
             .await?;
-        let state = UploadState { dir, name, temp, file: file.into_std(), location: shown };
+        let state = UploadState { dir, name, pending: std::sync::Mutex::new(Some(pending)), location: shown };
         Ok(Box::new(Upload { state: Arc::new(state), next: 0 }))
     }
 
@@ -331,14 +386,13 @@ impl ObjectStore for LocalBucket {
             let source = open_file(&open_dirs(root, &dirs, false, &from)?, &name, &from)?;
             let (dirs, name) = split(&to)?;
             let dir = open_dirs(root, &dirs, true, &to)?;
-            let temp = temp_name(&name);
-            let mut target = create_new(&dir, &temp, &to)?;
-            let copied = io::copy(&mut source.into_std(), &mut target).and_then(|_| target.sync_data());
+            let mut pending = Pending::new(&dir, &name, &to)?;
+            let copied = io::copy(&mut source.into_std(), &mut pending.file).and_then(|_| pending.file.sync_data());
             if let Err(e) = copied {
-                let _ = dir.remove_file(&temp);
+                pending.discard(&dir);
                 return Err(io_error(&to, e));
             }
-            place(&dir, &temp, &name, matches!(options.mode, CopyMode::Create), &to)
+            pending.place(&dir, &name, matches!(options.mode, CopyMode::Create), &to)
         })
         .await
     }
@@ -465,21 +519,25 @@ impl Skipped {
     }
 }
 
-/// A multipart upload: parts written at their offsets into one temp file, renamed into
-/// place on completion.
-#[derive(Debug)]
+/// A multipart upload: parts written at their offsets into one pending file, placed on
+/// completion.
 struct Upload {
     state: Arc<UploadState>,
     next: u64,
 }
 
-#[derive(Debug)]
 struct UploadState {
     dir: Dir,
     name: String,
-    temp: String,
-    file: std::fs::File,
+    /// Taken by `complete` or `abort`.
+    pending: std::sync::Mutex<Option<Pending>>,
     location: PathBuf,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upload({})", self.state.location.display())
+    }
 }
 
 #[async_trait]
@@ -491,9 +549,10 @@ impl MultipartUpload for Upload {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
+                let file = state.file()?;
                 let mut at = offset;
                 for chunk in data.iter() {
-                    state.file.write_all_at(chunk, at).map_err(|e| state.error(e))?;
+                    file.write_all_at(chunk, at).map_err(|e| state.error(e))?;
                     at += chunk.len() as u64;
                 }
                 Ok(())
@@ -505,10 +564,17 @@ impl MultipartUpload for Upload {
     async fn complete(&mut self) -> Result<PutResult> {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
-            state.file.sync_data().map_err(|e| state.error(e))?;
-            let handle = state.file.try_clone().map_err(|e| state.error(e))?;
-            let metadata = File::from_std(handle).metadata().map_err(|e| state.error(e))?;
-            state.dir.rename(&state.temp, &state.dir, &state.name).map_err(|e| state.error(e))?;
+            let pending = state.take()?;
+            let written = pending.file.sync_data().and_then(|()| pending.metadata());
+            let metadata = match written {
+                Ok(metadata) => metadata,
+                Err(e) => {
+                    pending.discard(&state.dir);
+                    return Err(state.error(e));
+                }
+            };
+            let location = Path::from(state.name.as_str());
+            pending.place(&state.dir, &state.name, false, &location)?;
             let e_tag = meta_of(Path::default(), &metadata).e_tag;
             Ok(PutResult { e_tag, version: None, extensions: Extensions::default() })
         })
@@ -517,11 +583,26 @@ impl MultipartUpload for Upload {
 
     async fn abort(&mut self) -> Result<()> {
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || state.dir.remove_file(&state.temp).map_err(|e| state.error(e))).await?
+        tokio::task::spawn_blocking(move || {
+            state.take()?.discard(&state.dir);
+            Ok(())
+        })
+        .await?
     }
 }
 
 impl UploadState {
+    fn file(&self) -> Result<std::fs::File> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = pending.as_ref().ok_or_else(|| self.error(io::Error::other("upload already finished")))?;
+        pending.file.try_clone().map_err(|e| self.error(e))
+    }
+
+    fn take(&self) -> Result<Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.take().ok_or_else(|| self.error(io::Error::other("upload already finished")))
+    }
+
     fn error(&self, error: io::Error) -> Error {
         Error::Generic { store: STORE, source: format!("{}: {error}", self.location.display()).into() }
     }
@@ -618,6 +699,11 @@ mod tests {
         store.copy(&Path::from("out/big.bin"), &Path::from("out/copy.bin")).await.unwrap();
         let exists = store.copy_if_not_exists(&Path::from("out/big.bin"), &Path::from("out/copy.bin")).await;
         assert!(matches!(exists, Err(Error::AlreadyExists { .. })), "{exists:?}");
+        let names: Vec<String> = std::fs::read_dir(bucket.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains('#')), "temp files left: {names:?}");
         store.delete(&Path::from("out/deep/o.bin")).await.unwrap();
         assert!(!bucket.path().join("out/deep").exists(), "emptied directories are removed");
         assert!(matches!(store.head(&Path::from("out/deep/o.bin")).await, Err(Error::NotFound { .. })));
