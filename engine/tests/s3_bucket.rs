@@ -376,6 +376,51 @@ async fn an_outage_mid_batch_pauses_the_pipeline_and_dead_letters_nothing() {
     assert_eq!(keys_in(&*out, "copies").await.len(), N);
 }
 
+/// The store behind a fault proxy drops every connection (open and new) for 8 s (or
+/// `WEIR_TEST_OUTAGE_SECS`) in
+/// the middle of a burst of 30, with a policy that gives up on an error about the
+/// event after 2 tries: listings, reads and writes all fail as refused or reset
+/// connections, the pipeline waits, and once the store is back every object is
+/// copied once, with no dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_mid_burst_are_waited_out() {
+    let server = S3Server::start(&["photos", "out"]).await;
+    let proxy = common::proxy::Proxy::start(server.addr).await;
+    let (photos, out) = (server.client("photos"), server.client("out"));
+    const N: usize = 30;
+    for i in 0..N {
+        put(&*photos, &format!("inbox/{i:02}.txt"), &format!("body {i}")).await;
+    }
+    let sandbox = Sandbox::new();
+    let toml = pipeline(&server, "proxied", "detect = \"poll\"\npoll_interval = \"200ms\"")
+        .replace(&server.endpoint(), &proxy.endpoint())
+        .replace("max_attempts = 8\nbackoff = \"10ms..200ms\"", "max_attempts = 2\nbackoff = \"100ms..1s\"")
+        .replace("concurrency = 16", "concurrency = 4")
+        .replace("function = \"test.probe\"", "function = \"test.probe\"\nsleep_ms = 100");
+    let (registry, probe) = registry_with_probe();
+    let file = sandbox.pipeline("p", &toml);
+    let engine = Engine::new(registry).state_dir(sandbox.state()).grace(Duration::from_secs(10));
+    let mut through_proxy = server.options();
+    through_proxy.retain(|(k, _)| k != "aws_endpoint");
+    through_proxy.push(("aws_endpoint".into(), proxy.endpoint()));
+    engine.stores.set_options("s3://out", through_proxy);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    wait_for(WAIT, "the burst under way", || probe.calls() >= 4).await;
+    proxy.set(common::proxy::Fault::Drop);
+    // WEIR_TEST_OUTAGE_SECS=60 for the long version.
+    let outage = std::env::var("WEIR_TEST_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    proxy.set(common::proxy::Fault::None);
+    wait_done(&running, &sandbox, N as u64).await;
+    running.stop().await.unwrap();
+    assert!(proxy.faulted.load(Ordering::SeqCst) > 0, "the outage cut connections");
+    let counts = probe.key_counts();
+    assert_eq!(counts.len(), N);
+    assert!(counts.values().all(|&n| n == 1), "an object ran twice: {counts:?}");
+    let copies = keys_in(&*out, "copies").await;
+    assert_eq!(copies.len(), N);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_notifications_survive_a_stop_before_they_finish() {
     let server = S3Server::start(&["photos", "out"]).await;

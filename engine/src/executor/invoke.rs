@@ -78,6 +78,9 @@ async fn once(
         span: span.clone(),
         event: scope.trigger_event.clone(),
     };
+    // However this try ends (done, timed out, abandoned by a stop), CPU work it left
+    // on the pool stops at its next stage.
+    let _stop_cpu_work = ctx.cancel.clone().drop_guard();
     // What the log lines call the item; quiet invocations name it only at debug level.
     let label = (!scope.quiet || tracing::enabled!(tracing::Level::DEBUG)).then(|| item.describe());
     let started = label.as_ref().map(|_| Instant::now());

@@ -4,6 +4,7 @@
 
 pub mod flaky;
 pub mod kafka;
+pub mod proxy;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

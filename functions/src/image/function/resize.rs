@@ -185,8 +185,13 @@ impl Function for Resize {
             _ => u32::MAX,
         };
         let this = *self;
-        let image =
-            cpu::run(move || this.apply(input(payload, &limits, &name, cover)?.image, limits.max_pixels)).await?;
+        let cancel = ctx.cancel.clone();
+        let image = cpu::run(move || {
+            let decoded = input(payload, &limits, &name, cover)?;
+            cpu::check(&cancel, &name)?;
+            this.apply(decoded.image, limits.max_pixels)
+        })
+        .await?;
         Ok(vec![image_item(&item, image)])
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use super::super::decode::{decode_covering, flatten, Decoded};
 use super::super::encode::{encode, Format};
@@ -119,7 +120,13 @@ impl Inner {
     /// resampling each from the source and keeps Lanczos quality; sizes come from the
     /// full-size dimensions, so they do not depend on the decode scale. Watermarking
     /// and encoding, the other half of the work, run in parallel.
-    fn variants(&self, decoded: Decoded, background: [u8; 3], name: &str) -> Result<Vec<Vec<u8>>, FunctionError> {
+    fn variants(
+        &self,
+        decoded: Decoded,
+        background: [u8; 3],
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Vec<u8>>, FunctionError> {
         let (full_w, full_h) = (decoded.width, decoded.height);
         let source = flatten(decoded.image, background);
         let mut order: Vec<usize> = (0..self.sizes.len()).collect();
@@ -133,6 +140,7 @@ impl Inner {
                 Some(larger) if larger.width() >= w && larger.height() >= h => larger,
                 _ => &source,
             };
+            cpu::check(cancel, name)?;
             let image = resize(base, w, h).map_err(|e| FunctionError::permanent(format!("{name}: {e}")))?;
             resized[i] = Some(image);
             previous = Some(i);
@@ -140,6 +148,7 @@ impl Inner {
         resized
             .into_par_iter()
             .map(|variant| {
+                cpu::check(cancel, name)?;
                 let mut variant = variant.expect("every size was resized");
                 if let Some(watermark) = &self.watermark {
                     watermark.apply(&mut variant);
@@ -158,6 +167,7 @@ impl Function for ResizeAndWatermark {
         let inner = self.inner.clone();
         let limits = ctx.limits;
         let payload = item.payload.clone();
+        let cancel = ctx.cancel.clone();
         let encoded = cpu::run(move || {
             let decoded = match payload {
                 Payload::Bytes(bytes) => decode_covering(&bytes, &limits, &name, inner.cover())?,
@@ -171,7 +181,7 @@ impl Function for ResizeAndWatermark {
                     )))
                 }
             };
-            inner.variants(decoded, inner.background, &name)
+            inner.variants(decoded, inner.background, &name, &cancel)
         })
         .await?;
         Ok(self
@@ -195,6 +205,19 @@ mod tests {
     use super::*;
     use crate::image::test_images::*;
     use crate::{Metadata, Params as FnParams, Registry, Stores};
+
+    /// A timed-out or abandoned invocation's job stops at its next stage.
+    #[tokio::test]
+    async fn a_cancelled_invocation_stops_between_stages() {
+        let function =
+            Registry::builtin().build("image.resize_and_watermark", FnParams::parse(PARAMS).unwrap()).unwrap();
+        let ctx = Context::standalone(Stores::new());
+        ctx.cancel.cancel();
+        let item =
+            Item::new(Payload::Bytes(jpeg(&photo(2000, 1500), 90).into()), Metadata::for_object("memory://t", "a.jpg"));
+        let error = function.function.invoke(item, &ctx).await.unwrap_err();
+        assert!(error.is_retryable() && error.message().contains("stopped"), "{error}");
+    }
 
     const PARAMS: &str = r#"{ sizes = [{ name = "thumb", long_edge = 200 }, { name = "medium", long_edge = 800 }, { name = "large", long_edge = 1600 }], watermark = { text = "MyStore" }, quality = 80 }"#;
 
