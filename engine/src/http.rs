@@ -168,7 +168,7 @@ async fn notification(
                 serde_json::json!({ "notification": kept, "bytes": body.len(), "truncated": body.len() > KEPT_BODY });
             let work = JsonWork { value };
             if let Err(e) = route.runtime.dead_letter_input(&work, "notification", &error).await {
-                tracing::error!(pipeline = %pipeline, error = %e.chain(), "cannot dead-letter a bad notification");
+                tracing::error!(pipeline = %pipeline, error = %e.brief(), "cannot dead-letter a bad notification");
             }
             json(StatusCode::BAD_REQUEST, serde_json::json!({"error": error}))
         }

@@ -17,13 +17,16 @@
 //!   dead-letters, and acknowledges only finished events. It knows no trigger.
 //! * [`replay`] pushes history (a bucket's objects, a schedule's past ticks) through a
 //!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
-//! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints.
+//! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints, and
+//!   the lock that keeps one writer per state directory.
+//! * [`http`] serves pushed events (bucket notifications) within limits; [`auth`] says
+//!   who may push; [`health`] checks every source and output bucket at start-up.
 //! * [`Engine`] wires them together; [`cli`] is the `weir` binary.
 //!
 //! To run your own functions, build a [`weir_functions::Registry`] with them and hand
 //! it to [`Engine::new`] (see `examples/custom_function.rs`); your own triggers go in
 //! a [`trigger::Triggers`] handed to [`Engine::triggers`] or [`cli::main_with`] (see
-//! `examples/custom_trigger.rs`).
+//! `examples/custom_trigger/`).
 
 pub mod auth;
 pub mod cli;

@@ -116,6 +116,16 @@ impl FunctionError {
         out
     }
 
+    /// [`Self::chain`] cut to 300 characters: for log lines, which must stay readable
+    /// (dead letters keep the whole chain).
+    pub fn brief(&self) -> String {
+        let chain = self.chain();
+        match chain.char_indices().nth(300) {
+            Some((at, _)) => format!("{}…", &chain[..at]),
+            None => chain,
+        }
+    }
+
     /// Classifies an object-store failure. Missing objects, refused access, bad keys and
     /// other 4xx answers will not fix themselves; 5xx, throttling (429), timeouts and
     /// connection resets are the store being unavailable (object_store already retried

@@ -117,7 +117,7 @@ async fn once(
         (Ok(items), true) => tracing::debug!(pipeline = %rt.name, step = %step.name, key, duration_ms,
             outputs = items.len(), outcome = "ok", "invoked"),
         (Err(e), _) => tracing::warn!(pipeline = %rt.name, step = %step.name, key, duration_ms, attempt,
-            outcome = if e.is_retryable() { "retryable" } else { "permanent" }, error = %e.chain(), "invoked"),
+            outcome = if e.is_retryable() { "retryable" } else { "permanent" }, error = %e.brief(), "invoked"),
     }
     result
 }
@@ -157,7 +157,7 @@ where
                 }
                 if error.is_unavailable() && !waiting {
                     waiting = true;
-                    tracing::warn!(pipeline = %rt.name, step, error = %error.chain(),
+                    tracing::warn!(pipeline = %rt.name, step, error = %error.brief(),
                         "destination unavailable: holding this event and retrying until it answers (or max_age)");
                 }
                 backoff(rt, step, tries).await;

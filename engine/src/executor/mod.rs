@@ -202,14 +202,14 @@ impl PipelineRuntime {
             }
             Ran::Failed(failure) => {
                 let chain = failure.error.chain();
-                tracing::error!(pipeline = %self.name, key = %source, step = %failure.step, attempts = failure.attempts, error = %chain, "event failed");
+                tracing::error!(pipeline = %self.name, key = %source, step = %failure.step, attempts = failure.attempts, error = %failure.error.brief(), "event failed");
                 match self.write_dead_letter(&event.id, &*work, event.received_at, &failure).await {
                     Ok(at) => {
                         tracing::info!(pipeline = %self.name, key = %source, dead_letter = %at, "dead letter written");
                         (Outcome::DeadLettered, "dead_letter", failure.attempts, Some(chain))
                     }
                     Err(e) => {
-                        tracing::error!(pipeline = %self.name, key = %source, error = %e.chain(), "cannot write dead letter; the event will be retried later");
+                        tracing::error!(pipeline = %self.name, key = %source, error = %e.brief(), "cannot write dead letter; the event will be retried later");
                         (Outcome::Abandoned, "failed", failure.attempts, Some(chain))
                     }
                 }

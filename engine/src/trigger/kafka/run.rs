@@ -238,7 +238,7 @@ impl Chunk<'_> {
                 true
             }
             Err(e) => {
-                tracing::error!(pipeline = %pipeline, key = %record.name(), error = %e.chain(),
+                tracing::error!(pipeline = %pipeline, key = %record.name(), error = %e.brief(),
                     "cannot write dead letter; the record will be delivered again");
                 self.abandoned.store(true, AtomicOrdering::Relaxed);
                 false
