@@ -3,7 +3,8 @@
 //! EventBridge or MinIO shape).
 //!
 //! Answers: `202` with `{"queued": n, "ignored": m}` once the objects are recorded and
-//! queued; `401` without the pipeline's credential; `400` for a body that is not a
+//! queued; `401` without the pipeline's token, `403` for an SNS message that is not
+//! signed by SNS for one of the pipeline's topics; `400` for a body that is not a
 //! notification (dead-lettered, its first 4 KiB kept); `413` over 1 MiB; `404` for an
 //! unknown pipeline; `503` while starting or stopping, or when the ledger or store
 //! failed (the sender should retry). Headers must arrive within 10 s, bodies within
@@ -61,7 +62,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = anyhow::Result<()>>)> {
     if !addr.ip().is_loopback() {
-        if let Some(open) = routes.iter().find(|(_, route)| *route.inbox.auth() == crate::auth::PushAuth::None) {
+        if let Some(open) = routes.iter().find(|(_, route)| route.inbox.auth().is_open()) {
             anyhow::bail!(
                 "pipeline {} accepts notifications from anyone (notify_auth = \"none\"), which is only allowed \
                  on a loopback address, not {addr}: set notify_token, or --listen 127.0.0.1:PORT",
@@ -157,6 +158,11 @@ async fn notification(
         }
         Err(_) => return json(StatusCode::REQUEST_TIMEOUT, serde_json::json!({"error": "body too slow"})),
     };
+    if let Err(why) = route.inbox.auth().verify(&body).await {
+        // Not dead-lettered: an unauthenticated body is nobody's event.
+        tracing::warn!(pipeline = %pipeline, reason = ?truncated(&why, 200), "notification refused: not authenticated");
+        return json(StatusCode::FORBIDDEN, serde_json::json!({"error": why}));
+    }
     match route.inbox.deliver(&body).await {
         Ok(delivery) => json(StatusCode::ACCEPTED, serde_json::json!(delivery)),
         Err(InboxError::Malformed(why)) => {

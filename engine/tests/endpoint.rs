@@ -204,3 +204,140 @@ async fn a_local_bucket_takes_notifications_and_an_impossible_key_fails_only_its
     running.stop().await.unwrap();
     assert_eq!(probe.key_counts().into_keys().collect::<Vec<_>>(), ["inbox/real.txt"]);
 }
+
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:photos-events";
+
+/// An SNS stand-in on loopback: serves the test signing certificate and counts
+/// certificate fetches and subscription confirmations.
+struct SnsOrigin {
+    addr: std::net::SocketAddr,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    confirmations: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SnsOrigin {
+    async fn start() -> SnsOrigin {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let confirmations = Arc::new(AtomicUsize::new(0));
+        let (f, c) = (fetches.clone(), confirmations.clone());
+        let app = axum::Router::new()
+            .route(
+                "/cert.pem",
+                axum::routing::get(move || async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/sns/test-signing-cert.pem")).unwrap()
+                }),
+            )
+            .route(
+                "/confirm",
+                axum::routing::get(move || async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    "<ConfirmSubscriptionResponse/>"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        SnsOrigin { addr, fetches, confirmations }
+    }
+
+    /// An SNS message signed with the test key (SignatureVersion 2, SHA-256).
+    fn signed(&self, fields: serde_json::Value) -> String {
+        let mut envelope = fields.as_object().unwrap().clone();
+        let text: String = match envelope["Type"].as_str().unwrap() {
+            "Notification" => ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"].as_slice(),
+            _ => ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"].as_slice(),
+        }
+        .iter()
+        .filter_map(|name| envelope.get(*name).map(|v| format!("{name}\n{}\n", v.as_str().unwrap())))
+        .collect();
+        let der = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/sns/test-signing-key.pk8")).unwrap();
+        let key = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+        let mut signature = vec![0; key.public().modulus_len()];
+        key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), text.as_bytes(), &mut signature)
+            .unwrap();
+        let signature = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signature);
+        envelope.insert("SignatureVersion".into(), "2".into());
+        envelope.insert("Signature".into(), signature.into());
+        envelope.entry("SigningCertURL").or_insert(format!("http://{}/cert.pem", self.addr).into());
+        serde_json::Value::Object(envelope).to_string()
+    }
+}
+
+fn sns_notification(topic: &str, key: &str) -> serde_json::Value {
+    let records = s3_records("photos", key, "", 0, "ObjectCreated:Put");
+    let mut record = records["Records"][0].clone();
+    // No size or ETag: weir asks the store.
+    record["s3"]["object"] = serde_json::json!({ "key": key });
+    serde_json::json!({
+        "Type": "Notification", "MessageId": format!("id-{key}"), "TopicArn": topic,
+        "Message": serde_json::json!({ "Records": [record] }).to_string(),
+        "Timestamp": "2026-12-03T10:00:00.000Z",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_messages_are_taken_only_when_signed_by_sns_for_the_named_topic() {
+    let server = S3Server::start(&["photos"]).await;
+    for key in ["inbox/signed-v1.txt", "inbox/signed-v2.txt", "inbox/forged.txt"] {
+        server.client("photos").put(&Path::from(key), "hello".into()).await.unwrap();
+    }
+    let sns = SnsOrigin::start().await;
+    let sandbox = Sandbox::new();
+    let auth = format!(
+        "notify_auth = \"sns\"\nsns_topic_arns = [\"{TOPIC}\"]\nsns_signing_origin = \"http://{}\"",
+        sns.addr
+    );
+    let (running, probe) = start(&sandbox, &pipeline(&server, &auth), "127.0.0.1:0").await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let post = |body: String| async move { post_with(addr, PATH, &[], body.as_bytes()).await };
+
+    // SignatureVersion 1 (SHA-1, what most topics still send), signed by openssl.
+    let v1 = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/sns/notification-v1.json"))
+        .unwrap()
+        .replace("CERT_URL", &format!("http://{}/cert.pem", sns.addr));
+    assert_eq!(post(v1.clone()).await.0, 202);
+    assert_eq!(post(sns.signed(sns_notification(TOPIC, "inbox/signed-v2.txt"))).await.0, 202);
+
+    let refused = [
+        // Plain S3 records, with no signature at all.
+        s3_records("photos", "inbox/forged.txt", "e", 5, "ObjectCreated:Put").to_string(),
+        // Signed, then changed.
+        v1.replace("signed-v1", "forged"),
+        // Signed by SNS, for someone else's topic.
+        sns.signed(sns_notification("arn:aws:sns:us-east-1:999999999999:mine", "inbox/forged.txt")),
+        // A certificate from anywhere else is never fetched.
+        sns.signed({
+            let mut n = sns_notification(TOPIC, "inbox/forged.txt");
+            n["SigningCertURL"] = format!("http://{}/cert.pem", server.addr).into();
+            n
+        }),
+    ];
+    for body in refused {
+        let (status, answer) = post(body).await;
+        assert_eq!(status, 403, "{answer}");
+    }
+    assert_eq!(sns.fetches.load(Ordering::SeqCst), 1, "the certificate is fetched once and cached");
+
+    // A signed confirmation is confirmed by visiting its URL; one pointing elsewhere is not.
+    let confirmation = |url: String| {
+        sns.signed(serde_json::json!({
+            "Type": "SubscriptionConfirmation", "MessageId": "c1", "TopicArn": TOPIC, "Token": "tok",
+            "Message": "You have chosen to subscribe", "SubscribeURL": url, "Timestamp": "2026-12-03T10:00:00.000Z",
+        }))
+    };
+    assert_eq!(post(confirmation(format!("http://{}/confirm?Token=tok", sns.addr))).await.0, 202);
+    assert_eq!(sns.confirmations.load(Ordering::SeqCst), 1);
+    let (status, answer) = post(confirmation(format!("http://{}/confirm", server.addr))).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("not on the SNS origin"), "{answer}");
+    assert_eq!(sns.confirmations.load(Ordering::SeqCst), 1);
+
+    wait_for(Duration::from_secs(30), "both signed objects", || probe.calls() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await.unwrap();
+    assert_eq!(probe.calls(), 2, "only the signed notifications ran");
+    assert!(dead_letters(&sandbox).is_empty(), "refused messages are not dead-lettered");
+}

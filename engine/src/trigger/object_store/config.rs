@@ -106,9 +106,15 @@ pub struct RawConfig {
     /// The shared token pushed notifications must carry.
     #[serde(default)]
     notify_token: Option<Spanned<String>>,
-    /// `"none"`: accept notifications from anyone who can reach a loopback address.
+    /// `"none"`: accept notifications from anyone who can reach a loopback address;
+    /// `"sns"`: accept SNS messages signed by SNS for one of `sns_topic_arns`.
     #[serde(default)]
     notify_auth: Option<Spanned<String>>,
+    #[serde(default)]
+    sns_topic_arns: Option<Spanned<Vec<String>>>,
+    /// Where SNS certificates and subscription URLs live, for SNS-compatible services.
+    #[serde(default)]
+    sns_signing_origin: Option<Spanned<String>>,
     #[serde(default, alias = "rescan_interval")]
     poll_interval: Option<HumanDuration>,
     #[serde(default = "default_poll_page")]
@@ -200,7 +206,8 @@ impl RawConfig {
             ok = false;
         }
         let pushed = matches!(detect, Detect::Notifications | Detect::Hybrid);
-        let auth = push_auth(pushed, detect_span, self.notify_token, self.notify_auth, report);
+        let sns = Sns { topics: self.sns_topic_arns, origin: self.sns_signing_origin };
+        let auth = push_auth(pushed, detect_span, self.notify_token, self.notify_auth, sns, report);
         ok &= auth.is_some();
         if *self.poll_page.get_ref() == 0 {
             report.error(self.poll_page.span(), "poll_page must be at least 1");
@@ -250,43 +257,91 @@ impl RawConfig {
     }
 }
 
-/// Closed by default: pushed notifications need `notify_token`, or an explicit
-/// `notify_auth = "none"` (which `weir run` accepts only on a loopback address).
+/// The SNS half of the push credential.
+struct Sns {
+    topics: Option<Spanned<Vec<String>>>,
+    origin: Option<Spanned<String>>,
+}
+
+/// Closed by default: pushed notifications need `notify_token`, signed SNS messages
+/// (`notify_auth = "sns"`), or an explicit `notify_auth = "none"` (which `weir run`
+/// accepts only on a loopback address).
 fn push_auth(
     pushed: bool,
     detect: std::ops::Range<usize>,
     token: Option<Spanned<String>>,
-    none: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    sns: Sns,
     report: &mut Reporter<'_>,
 ) -> Option<PushAuth> {
+    let stray = [token.as_ref().map(|t| t.span()), mode.as_ref().map(|m| m.span())];
     if !pushed {
-        if let Some(span) = token.map(|t| t.span()).or(none.map(|n| n.span())) {
+        if let Some(span) = stray.into_iter().flatten().next() {
             report.error(span, "notify_token and notify_auth only apply with detect = \"notifications\" or \"hybrid\"");
             return None;
         }
+    }
+    let is_sns = mode.as_ref().is_some_and(|m| m.get_ref() == "sns");
+    if !is_sns {
+        if let Some(span) = sns.topics.as_ref().map(|t| t.span()).or(sns.origin.as_ref().map(|o| o.span())) {
+            report.error(span, "sns_topic_arns and sns_signing_origin only apply with notify_auth = \"sns\"");
+            return None;
+        }
+    }
+    if !pushed {
         return Some(PushAuth::None);
     }
-    match (token, none) {
-        (Some(token), None) if token.get_ref().chars().count() < MIN_TOKEN_CHARS => {
+    let token = match token {
+        Some(token) if token.get_ref().chars().count() < MIN_TOKEN_CHARS => {
             report.error(token.span(), format!("notify_token must be at least {MIN_TOKEN_CHARS} characters"));
-            None
+            return None;
+        }
+        token => token,
+    };
+    match (token, mode) {
+        (token, Some(mode)) if mode.get_ref() == "sns" => {
+            let topics = match sns.topics {
+                Some(topics) if !topics.get_ref().is_empty() => topics.into_inner(),
+                topics => {
+                    let span = topics.map(|t| t.span()).unwrap_or(mode.span());
+                    report.error(
+                        span,
+                        "notify_auth = \"sns\" needs sns_topic_arns = [\"arn:aws:sns:REGION:ACCOUNT:TOPIC\"]: anyone \
+                         can get messages signed by SNS for a topic of their own",
+                    );
+                    return None;
+                }
+            };
+            let origin = match sns.origin {
+                None => crate::auth::sns::Origin::Aws,
+                Some(origin) => match crate::auth::sns::Origin::parse(origin.get_ref()) {
+                    Ok(parsed) => parsed,
+                    Err(why) => {
+                        report.error(origin.span(), format!("sns_signing_origin: {why}"));
+                        return None;
+                    }
+                },
+            };
+            let sns = std::sync::Arc::new(crate::auth::sns::SnsAuth::new(topics, origin));
+            Some(PushAuth::Sns { sns, token: token.map(Spanned::into_inner) })
         }
         (Some(token), None) => Some(PushAuth::Token(token.into_inner())),
         (None, Some(none)) if none.get_ref() == "none" => Some(PushAuth::None),
-        (None, Some(other)) => {
-            report.error(other.span(), "notify_auth takes only \"none\" (or set notify_token instead)");
+        (_, Some(other)) if other.get_ref() != "none" => {
+            report.error(other.span(), "notify_auth takes \"sns\" or \"none\" (or set notify_token instead)");
             None
         }
         (Some(_), Some(none)) => {
             report.error(none.span(), "notify_token and notify_auth = \"none\" exclude each other");
             None
         }
-        (None, None) => {
+        (None, _) => {
             report.error(
                 detect,
                 "notifications need a credential: notify_token = \"${env:WEIR_NOTIFY_TOKEN}\" (sent as \
-                 `Authorization: Bearer …`, or as the password in http://weir:TOKEN@host/… for SNS), or \
-                 notify_auth = \"none\" to accept any caller on a loopback address",
+                 `Authorization: Bearer …`, or as the password in http://weir:TOKEN@host/… for SNS), \
+                 notify_auth = \"sns\" with sns_topic_arns (SNS-signed messages), or notify_auth = \"none\" \
+                 to accept any caller on a loopback address",
             );
             None
         }

@@ -1,12 +1,16 @@
 //! Who may push events to `weir run`'s endpoint. Closed by default: a pipeline that
-//! takes pushed events names a shared token, or says `"none"` — which `weir run` only
-//! accepts on a loopback listen address.
+//! takes pushed events names a shared token, SNS topics whose signed messages it takes,
+//! or says `"none"` — which `weir run` only accepts on a loopback listen address.
+
+pub mod sns;
+
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
 use base64::Engine as _;
 
 /// How a pushed request proves it may push.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum PushAuth {
     /// Anyone who can reach the address (loopback only).
     None,
@@ -14,6 +18,9 @@ pub enum PushAuth {
     /// `auth_token`), the bare token, or the password of HTTP basic auth (SNS
     /// subscriptions to `https://weir:<token>@host/…`).
     Token(String),
+    /// SNS messages signed by SNS for one of the named topics, and the token too if
+    /// one is set.
+    Sns { sns: Arc<sns::SnsAuth>, token: Option<String> },
 }
 
 impl std::fmt::Debug for PushAuth {
@@ -21,6 +28,7 @@ impl std::fmt::Debug for PushAuth {
         match self {
             PushAuth::None => f.write_str("None"),
             PushAuth::Token(_) => f.write_str("Token(***)"),
+            PushAuth::Sns { sns, .. } => write!(f, "Sns({sns:?})"),
         }
     }
 }
@@ -29,9 +37,14 @@ impl std::fmt::Debug for PushAuth {
 pub const MIN_TOKEN_CHARS: usize = 16;
 
 impl PushAuth {
-    /// Whether `headers` carry the credential; the reason if not (never the token).
+    /// Whether anyone who can reach the endpoint may push.
+    pub fn is_open(&self) -> bool {
+        matches!(self, PushAuth::None)
+    }
+
+    /// Whether `headers` carry the token; the reason if not (never the token).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
-        let PushAuth::Token(token) = self else { return Ok(()) };
+        let (PushAuth::Token(token) | PushAuth::Sns { token: Some(token), .. }) = self else { return Ok(()) };
         let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
             return Err("missing Authorization header");
         };
@@ -48,6 +61,26 @@ impl PushAuth {
             Ok(())
         } else {
             Err("wrong credential")
+        }
+    }
+}
+
+impl PushAuth {
+    /// Whether the body itself proves where it comes from (an SNS signature), once read.
+    pub async fn verify(&self, body: &[u8]) -> Result<(), String> {
+        match self {
+            PushAuth::Sns { sns, .. } => sns.verify(body).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Confirms an SNS subscription whose confirmation message [`verify`](Self::verify)
+    /// accepted; `None` when this credential cannot tell that a confirmation is genuine
+    /// (a token or none), so a person must confirm it.
+    pub async fn confirm_subscription(&self, subscribe_url: &str) -> Option<Result<(), String>> {
+        match self {
+            PushAuth::Sns { sns, .. } => Some(sns.confirm(subscribe_url).await),
+            _ => None,
         }
     }
 }
