@@ -41,8 +41,8 @@ for _ in $(seq 100); do
 done
 (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { cat "$work/tansu.log"; echo "tansu did not start"; exit 1; }
 
-echo "== scenario: two members, SIGKILL, dead-letter topic, restart"
-WEIR_TEST_KAFKA_BROKERS="127.0.0.1:$port" cargo test -p weir-engine --test kafka_e2e -- --ignored --nocapture
+echo "== scenarios: two members, SIGKILL, dead-letter topic, restart; a broker outage behind a fault proxy"
+WEIR_TEST_KAFKA_BROKERS="127.0.0.1:$port" WEIR_TEST_TANSU="$tansu" cargo test -p weir-engine --test kafka_e2e -- --ignored --nocapture
 
 [ "${BENCH:-1}" = 0 ] && exit 0
 echo "== throughput: raw rdkafka consumers vs weir, $records records, same broker"

@@ -53,8 +53,14 @@ fn committed(brokers: &str, group: &str, topic: &str) -> Vec<i64> {
     common::kafka::committed_offsets(brokers, group, topic, PARTITIONS)
 }
 
-/// Offsets of the records on `topic` (partition, offset, source offset header).
+/// The values of the records on partition 0 of `topic`. tansu's high watermark can lag
+/// the last records, so reading goes on until the topic has been quiet for 3 s.
 fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
+    read_topic(brokers, topic).into_iter().map(|(_, value)| value).collect()
+}
+
+/// The keys and values of the records on partition 0 of `topic`.
+fn read_topic(brokers: &str, topic: &str) -> Vec<(String, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -68,9 +74,12 @@ fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
     consumer.assign(&list).unwrap();
     let mut found = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (found.len() as i64) < high && Instant::now() < deadline {
+    let mut quiet_since = Instant::now();
+    while ((found.len() as i64) < high || quiet_since.elapsed() < Duration::from_secs(3)) && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            found.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+            quiet_since = Instant::now();
+            let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+            found.push((text(message.key()), text(message.payload())));
         }
     }
     found
@@ -198,4 +207,117 @@ async fn two_members_one_killed_then_a_restart_on_a_real_broker() {
     let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
     b.wait().unwrap();
     assert_eq!(records_run(&sandbox, "b").len() - before, 60, "the restart ran the 60 new records and no other");
+}
+
+/// A broker of its own behind the fault proxy: tansu listens on one port and tells
+/// clients to come through the proxy, so every connection — fetches, commits,
+/// produces — crosses it.
+struct ProxiedBroker {
+    proxy: common::proxy::Proxy,
+    tansu: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxiedBroker {
+    async fn start() -> ProxiedBroker {
+        let tansu = std::env::var("WEIR_TEST_TANSU").expect("WEIR_TEST_TANSU=path of a tansu binary (benches/kafka-e2e.sh)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let proxy = common::proxy::Proxy::start(target).await;
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(tansu)
+            .args(["broker", "--listener-url", &format!("tcp://{target}")])
+            .args(["--advertised-listener-url", &format!("tcp://{}", proxy.addr), "--storage-engine", "memory://"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(target).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "tansu did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ProxiedBroker { proxy, tansu: child, _dir: dir }
+    }
+
+    fn brokers(&self) -> String {
+        self.proxy.addr.to_string()
+    }
+}
+
+impl Drop for ProxiedBroker {
+    fn drop(&mut self) {
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+    }
+}
+
+/// Every connection to the broker is cut, and new ones refused, for 60 s (or
+/// `WEIR_TEST_OUTAGE_SECS`) while records are being processed, with a policy that
+/// dead-letters an event after one failure: fetches, commits and the step that
+/// produces a receipt all fail, the pipeline waits, and once the broker is back every
+/// record has its output and its receipt, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu: WEIR_TEST_TANSU (benches/kafka-e2e.sh)"]
+async fn a_broker_outage_mid_stream_is_waited_out() {
+    let broker = ProxiedBroker::start().await;
+    let brokers = broker.brokers();
+    let (topic, receipts) = ("outage", "outage.receipts");
+    create_topics(&brokers, &[(topic, PARTITIONS), (receipts, 1)]).await;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    const N: usize = 600;
+    produce(&producer, topic, 0, N / 2, usize::MAX).await;
+
+    let sandbox = Sandbox::new();
+    let file = sandbox.pipeline(
+        "outage",
+        &format!(
+            "name = \"outage\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
+             group = \"outage\"\nstart = \"earliest\"\nformat = \"json\"\ncommit_interval = \"300ms\"\n\
+             [limits]\nconcurrency = 4\n[retry]\nmax_attempts = 1\n\
+             [[step]]\nname = \"store\"\nfunction = \"test.sleep\"\n\
+             [[step]]\nname = \"receipt\"\nafter = \"store\"\nfunction = \"kafka.produce\"\nbrokers = \"{brokers}\"\n\
+             topic = \"{receipts}\"\nkey = \"{{key}}\"\n"
+        )
+        .replace("function = \"test.sleep\"", "function = \"object.put\"\nurl = \"{bucket}\"\nkey = \"out/{key}.json\""),
+    );
+    let mut member = sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "state");
+    wait_until("the stream under way", || outputs(&sandbox, topic) >= 60);
+    broker.proxy.set(common::proxy::Fault::Drop);
+    let outage = std::env::var("WEIR_TEST_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    broker.proxy.set(common::proxy::Fault::None);
+    produce(&producer, topic, N / 2, N, usize::MAX).await;
+    let recovered = std::panic::catch_unwind(|| {
+        wait_until("every record's output", || outputs(&sandbox, topic) >= N);
+        wait_until("every offset committed", || {
+            committed(&brokers, "outage", topic) == vec![(N / PARTITIONS as usize) as i64; PARTITIONS as usize]
+        });
+    });
+    if recovered.is_err() {
+        let _ = member.kill();
+        panic!("{} of {N} outputs; weir's log ends:\n{}", outputs(&sandbox, topic), sandbox.log_tail("state", 40));
+    }
+    let _ = Command::new("kill").args(["-TERM", &member.id().to_string()]).status();
+    assert!(member.wait().unwrap().success(), "a SIGTERM stops the member cleanly after the outage");
+
+    assert!(broker.proxy.faulted.load(std::sync::atomic::Ordering::SeqCst) > 0, "the outage cut connections");
+    assert_eq!(outputs(&sandbox, topic), N);
+    let letters: Vec<String> = std::fs::read_dir(sandbox.state().join("dead-letter/outage"))
+        .map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect())
+        .unwrap_or_default();
+    assert!(letters.is_empty(), "the outage dead-lettered {} records; the first: {}", letters.len(), letters[0].replace('\n', " "));
+    // A receipt's key is its record's `topic/partition/offset`.
+    let receipts_seen = read_topic(&brokers, receipts);
+    let unique: BTreeSet<&String> = receipts_seen.iter().map(|(key, _)| key).collect();
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !unique.contains(&format!("{topic}/{}/{}", i % PARTITIONS as usize, i / PARTITIONS as usize)))
+        .collect();
+    assert!(missing.is_empty(), "{} receipts, no receipt for {missing:?}", receipts_seen.len());
+    eprintln!(
+        "{N} records through a {outage} s broker outage: 0 dead letters, {} receipts ({} repeated)",
+        receipts_seen.len(),
+        receipts_seen.len() - N
+    );
 }

@@ -248,9 +248,20 @@ impl Sandbox {
             .args(["run", pipeline.to_str().unwrap(), "--listen", "127.0.0.1:0", "--grace", "5s"])
             .env("WEIR_STATE_DIR", self.dir.path().join(state))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(self.log_file(state))
             .spawn()
             .unwrap()
+    }
+    /// Where a spawned `weir run` with this state name logs (appended across restarts).
+    fn log_file(&self, state: &str) -> std::fs::File {
+        let path = self.dir.path().join(format!("{state}.log"));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
+    }
+    /// The last `lines` lines a spawned `weir run` logged, for a failing test's message.
+    pub fn log_tail(&self, state: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{state}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
     pub fn files_under(&self, key_prefix: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();

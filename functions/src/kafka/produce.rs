@@ -114,8 +114,20 @@ impl Function for Produce {
             headers: headers.iter().map(|(name, value)| (*name, value.as_bytes())).collect(),
             timestamp_ms: None,
         };
-        let queue_timeout = ctx.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let delivered = self.producer.send(&record, queue_timeout).await.map_err(|e| {
+        let left = ctx.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        // No acknowledgement before the step's deadline is the brokers being away, not
+        // the record being bad: answered as an outage (which waits) just before the
+        // step would time out (which dead-letters once attempts run out). The record
+        // may still land later; a retry then sends it twice, as at-least-once allows.
+        let wait = left.saturating_sub(Duration::from_millis(500)).max(left / 2);
+        let sent = tokio::time::timeout(wait, self.producer.send(&record, left)).await.map_err(|_| {
+            FunctionError::unavailable(format!(
+                "{}: no acknowledgement from {} within {wait:?}",
+                item.describe(),
+                self.producer.brokers()
+            ))
+        })?;
+        let delivered = sent.map_err(|e| {
             let kind = match e.kind {
                 ErrorKind::Unavailable => FunctionError::unavailable,
                 ErrorKind::Retryable => FunctionError::retryable,

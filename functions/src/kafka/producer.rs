@@ -1,6 +1,7 @@
 //! An idempotent Kafka producer whose sends complete only when the broker has the
 //! record: a failed delivery is a failed step, never a silent loss.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -59,7 +60,8 @@ pub struct Delivered {
 /// the first send, so that `weir validate` checks the options without dialling out.
 pub struct RecordProducer {
     config: ClientConfig,
-    inner: std::sync::OnceLock<Result<FutureProducer<LogToTracing>, String>>,
+    /// Replaced after a fatal error (see [`RecordProducer::renew_if_fatal`]).
+    inner: std::sync::Mutex<Option<Arc<FutureProducer<LogToTracing>>>>,
     brokers: String,
 }
 
@@ -87,20 +89,45 @@ impl RecordProducer {
         config
             .create_native_config()
             .map_err(|e| format!("invalid producer options: {}", super::describe_error(&e, options)))?;
-        Ok(Self { config, inner: std::sync::OnceLock::new(), brokers: brokers.to_string() })
+        Ok(Self { config, inner: std::sync::Mutex::new(None), brokers: brokers.to_string() })
     }
 
-    fn producer(&self) -> Result<&FutureProducer<LogToTracing>, FunctionError> {
-        self.inner
-            .get_or_init(|| {
-                self.config.create_with_context(LogToTracing).map_err(|e| {
-                    let options: Vec<(String, String)> =
-                        self.config.config_map().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                    format!("creating a Kafka producer: {}", super::describe_error(&e, &options))
-                })
-            })
-            .as_ref()
-            .map_err(|e| FunctionError::permanent(format!("{e} (brokers {})", self.brokers)))
+    fn producer(&self) -> Result<Arc<FutureProducer<LogToTracing>>, FunctionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(producer) = &*inner {
+            return Ok(producer.clone());
+        }
+        let producer = self.config.create_with_context(LogToTracing).map_err(|e| {
+            let options: Vec<(String, String)> =
+                self.config.config_map().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let why = super::describe_error(&e, &options);
+            FunctionError::permanent(format!("creating a Kafka producer: {why} (brokers {})", self.brokers))
+        })?;
+        Ok(inner.insert(Arc::new(producer)).clone())
+    }
+
+    /// An idempotent producer stops for good after a fatal error — a broker that lost
+    /// or expired its producer id during a long outage answers `ProducerFenced` or
+    /// `UnknownProducerId` to every send from then on. A fresh producer gets a new id;
+    /// the sends that failed are retried by their steps.
+    fn renew_if_fatal(&self, used: &Arc<FutureProducer<LogToTracing>>, error: &KafkaError) {
+        use rdkafka::producer::Producer as _;
+        use RDKafkaErrorCode as C;
+        let fenced = matches!(
+            error.rdkafka_error_code(),
+            Some(C::ProducerFenced | C::InvalidProducerEpoch | C::UnknownProducerId | C::OutOfOrderSequenceNumber)
+        );
+        let Some((code, reason)) = used.client().fatal_error().or_else(|| {
+            fenced.then(|| (error.rdkafka_error_code().expect("matched"), "the broker fenced its producer id".into()))
+        }) else {
+            return;
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.as_ref().is_some_and(|current| Arc::ptr_eq(current, used)) {
+            tracing::warn!(brokers = %self.brokers, error = ?code, reason = %reason,
+                "kafka producer stopped by a fatal error; starting a new one");
+            *inner = None;
+        }
     }
 
     pub fn brokers(&self) -> &str {
@@ -122,9 +149,13 @@ impl RecordProducer {
         if let Some(ms) = record.timestamp_ms {
             outgoing = outgoing.timestamp(ms);
         }
-        match self.producer()?.send(outgoing, queue_timeout).await {
+        let producer = self.producer()?;
+        match producer.send(outgoing, queue_timeout).await {
             Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
-            Err((error, _)) => Err(classify(record.topic, &self.brokers, error)),
+            Err((error, _)) => {
+                self.renew_if_fatal(&producer, &error);
+                Err(classify(record.topic, &self.brokers, error))
+            }
         }
     }
 }
