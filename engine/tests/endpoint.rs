@@ -227,7 +227,8 @@ impl SnsOrigin {
                 "/cert.pem",
                 axum::routing::get(move || async move {
                     f.fetch_add(1, Ordering::SeqCst);
-                    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/sns/test-signing-cert.pem")).unwrap()
+                    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/sns/test-signing-cert.pem"))
+                        .unwrap()
                 }),
             )
             .route(
@@ -286,10 +287,8 @@ async fn sns_messages_are_taken_only_when_signed_by_sns_for_the_named_topic() {
     }
     let sns = SnsOrigin::start().await;
     let sandbox = Sandbox::new();
-    let auth = format!(
-        "notify_auth = \"sns\"\nsns_topic_arns = [\"{TOPIC}\"]\nsns_signing_origin = \"http://{}\"",
-        sns.addr
-    );
+    let auth =
+        format!("notify_auth = \"sns\"\nsns_topic_arns = [\"{TOPIC}\"]\nsns_signing_origin = \"http://{}\"", sns.addr);
     let (running, probe) = start(&sandbox, &pipeline(&server, &auth), "127.0.0.1:0").await.unwrap();
     let addr = running.http_addr.unwrap();
     let post = |body: String| async move { post_with(addr, PATH, &[], body.as_bytes()).await };

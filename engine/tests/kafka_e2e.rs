@@ -220,7 +220,8 @@ struct ProxiedBroker {
 
 impl ProxiedBroker {
     async fn start() -> ProxiedBroker {
-        let tansu = std::env::var("WEIR_TEST_TANSU").expect("WEIR_TEST_TANSU=path of a tansu binary (benches/kafka-e2e.sh)");
+        let tansu =
+            std::env::var("WEIR_TEST_TANSU").expect("WEIR_TEST_TANSU=path of a tansu binary (benches/kafka-e2e.sh)");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let proxy = common::proxy::Proxy::start(target).await;
@@ -280,7 +281,10 @@ async fn a_broker_outage_mid_stream_is_waited_out() {
              [[step]]\nname = \"receipt\"\nafter = \"store\"\nfunction = \"kafka.produce\"\nbrokers = \"{brokers}\"\n\
              topic = \"{receipts}\"\nkey = \"{{key}}\"\n"
         )
-        .replace("function = \"test.sleep\"", "function = \"object.put\"\nurl = \"{bucket}\"\nkey = \"out/{key}.json\""),
+        .replace(
+            "function = \"test.sleep\"",
+            "function = \"object.put\"\nurl = \"{bucket}\"\nkey = \"out/{key}.json\"",
+        ),
     );
     let mut member = sandbox.spawn_weir_run(env!("CARGO_BIN_EXE_weir"), &file, "state");
     wait_until("the stream under way", || outputs(&sandbox, topic) >= 60);
@@ -307,7 +311,12 @@ async fn a_broker_outage_mid_stream_is_waited_out() {
     let letters: Vec<String> = std::fs::read_dir(sandbox.state().join("dead-letter/outage"))
         .map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect())
         .unwrap_or_default();
-    assert!(letters.is_empty(), "the outage dead-lettered {} records; the first: {}", letters.len(), letters[0].replace('\n', " "));
+    assert!(
+        letters.is_empty(),
+        "the outage dead-lettered {} records; the first: {}",
+        letters.len(),
+        letters[0].replace('\n', " ")
+    );
     // A receipt's key is its record's `topic/partition/offset`.
     let receipts_seen = read_topic(&brokers, receipts);
     let unique: BTreeSet<&String> = receipts_seen.iter().map(|(key, _)| key).collect();

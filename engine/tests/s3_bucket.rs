@@ -562,3 +562,38 @@ async fn missing_buckets_are_one_short_line_each_at_start_up() {
         assert!(line.chars().count() <= 400, "a {}-character line: {line}", line.chars().count());
     }
 }
+
+/// Sixteen events reach the copy step while the output store answers 503 to
+/// everything for 3 s: the step's circuit breaker lets one probe through per backoff
+/// delay instead of sixteen events retrying each on their own, and once a probe is
+/// answered every event goes on. (Each try is one call, which object_store itself
+/// tries three times.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_probed_by_one_try_at_a_time() {
+    let server = S3Server::start(&["photos", "out"]).await;
+    let (photos, out) = (server.client("photos"), server.client("out"));
+    const N: usize = 16;
+    for i in 0..N {
+        put(&*photos, &format!("inbox/{i:02}.txt"), &format!("body {i}")).await;
+    }
+    let sandbox = Sandbox::new();
+    let toml = pipeline(&server, "probed", "detect = \"poll\"\npoll_interval = \"1h\"")
+        .replace("max_attempts = 8\nbackoff = \"10ms..200ms\"", "max_attempts = 2\nbackoff = \"150ms..150ms\"")
+        .replace("function = \"test.probe\"", "function = \"test.probe\"\nsleep_ms = 1000");
+    let (registry, probe) = registry_with_probe();
+    let running = start(&sandbox, &server, registry, &toml).await;
+    wait_for(WAIT, "every event in its first step", || probe.calls() == N).await;
+    server.fail_fraction(1.0);
+    let failed_before = server.failed_requests();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let failed = server.failed_requests() - failed_before;
+    server.fail_fraction(0.0);
+    wait_done(&running, &sandbox, N as u64).await;
+    running.stop().await.unwrap();
+    assert_eq!(keys_in(&*out, "copies").await.len(), N);
+    // About 3 s of outage after the first step ends, a probe every 112–150 ms, each
+    // tried three times: about 80 refused requests (79 measured); sixteen events
+    // retrying on their own made 538.
+    assert!(failed > 0 && failed < 200, "{failed} requests during the outage");
+    eprintln!("{failed} requests refused during the outage");
+}

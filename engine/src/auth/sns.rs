@@ -149,13 +149,14 @@ impl SnsAuth {
     /// Checks that `body` is an SNS message from one of the pipeline's topics, signed by
     /// SNS. The reason if not, short and naming no secret.
     pub async fn verify(&self, body: &[u8]) -> Result<(), String> {
-        let envelope: Envelope =
-            serde_json::from_slice(body).map_err(|e| format!("not a signed SNS message: {e}"))?;
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a signed SNS message: {e}"))?;
         if !self.topics.contains(&envelope.topic_arn) {
-            return Err(format!("message from topic {:?}, which this pipeline does not subscribe to", envelope.topic_arn));
+            return Err(format!(
+                "message from topic {:?}, which this pipeline does not subscribe to",
+                envelope.topic_arn
+            ));
         }
-        let algorithm: &'static dyn ring::signature::VerificationAlgorithm = match envelope.signature_version.as_str()
-        {
+        let algorithm: &'static dyn ring::signature::VerificationAlgorithm = match envelope.signature_version.as_str() {
             "1" => &RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
             "2" => &RSA_PKCS1_2048_8192_SHA256,
             other => return Err(format!("unknown SignatureVersion {other:?}")),
@@ -262,7 +263,10 @@ mod tests {
             "SignatureVersion": "2", "Signature": "", "SigningCertURL": "",
         }))
         .unwrap();
-        assert_eq!(notification.signed_text().unwrap(), "Message\n{}\nMessageId\nm\nTimestamp\nt\nTopicArn\narn\nType\nNotification\n");
+        assert_eq!(
+            notification.signed_text().unwrap(),
+            "Message\n{}\nMessageId\nm\nTimestamp\nt\nTopicArn\narn\nType\nNotification\n"
+        );
         let confirmation: Envelope = serde_json::from_value(serde_json::json!({
             "Type": "SubscriptionConfirmation", "MessageId": "m", "Message": "hi", "Timestamp": "t", "TopicArn": "arn",
             "SubscribeURL": "u", "Token": "k", "SignatureVersion": "1", "Signature": "", "SigningCertURL": "",

@@ -139,29 +139,63 @@ where
     Fut: Future<Output = Result<T, FunctionError>>,
 {
     let retry = &rt.pipeline.retry;
+    let breaker = rt.breaker(step);
     let mut tries = 0;
-    let mut waiting = false;
     loop {
         tries += 1;
+        let admitted = breaker.admit().await;
+        let probe = ProbeGuard { breaker, admitted, settled: false };
         let result = if hold_permits {
             let _permits = Permits::take(rt).await;
             attempt(tries).await
         } else {
             attempt(tries).await
         };
+        let unavailable = result.as_ref().err().is_some_and(FunctionError::is_unavailable);
+        probe.settle(rt, step, result.as_ref().err(), unavailable);
         match result {
             Ok(value) => return Ok(value),
             Err(error) => {
                 if !retry.again(&error, tries, event_started.elapsed()) {
                     return Err(StepFailure { step: step.to_string(), error, attempts: tries });
                 }
-                if error.is_unavailable() && !waiting {
-                    waiting = true;
-                    tracing::warn!(pipeline = %rt.name, step, error = %error.brief(),
-                        "destination unavailable: holding this event and retrying until it answers (or max_age)");
+                // While unavailable, the breaker paces the next try.
+                if !unavailable {
+                    backoff(rt, step, tries).await;
                 }
-                backoff(rt, step, tries).await;
             }
+        }
+    }
+}
+
+/// A try admitted by a step's breaker, reported back to it once the try is over —
+/// or released, should the try be dropped half-way (its event abandoned at a stop).
+struct ProbeGuard<'a> {
+    breaker: &'a super::breaker::Breaker,
+    admitted: super::breaker::Admitted,
+    settled: bool,
+}
+
+impl ProbeGuard<'_> {
+    fn settle(mut self, rt: &PipelineRuntime, step: &str, error: Option<&FunctionError>, unavailable: bool) {
+        self.settled = true;
+        if !unavailable {
+            if self.admitted == super::breaker::Admitted::Probe {
+                tracing::info!(pipeline = %rt.name, step, "destination answers again: resuming");
+            }
+            self.breaker.answered();
+        } else if self.breaker.unavailable(&rt.pipeline.retry.backoff) {
+            let error = error.map(FunctionError::brief).unwrap_or_default();
+            tracing::warn!(pipeline = %rt.name, step, error = %error,
+                "destination unavailable: holding this step's events and probing until it answers (or max_age)");
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.breaker.release(self.admitted);
         }
     }
 }
@@ -215,10 +249,13 @@ pub(super) async fn batch(
     while !pending.is_empty() {
         tries += 1;
         let collection = Item::new(Payload::Collection(pending.iter().map(|(_, i)| i.clone()).collect()), meta.clone());
+        let probe = ProbeGuard { breaker: rt.breaker(step), admitted: rt.breaker(step).admit().await, settled: false };
         let result = {
             let _permits = Permits::take(rt).await;
             once(rt, index, collection, scope, tries, None).await
         };
+        let unavailable = result.as_ref().err().is_some_and(FunctionError::is_unavailable);
+        probe.settle(rt, step, result.as_ref().err(), unavailable);
         let can_retry = |e: &FunctionError| retry.again(e, tries, scope.started.elapsed());
         let error = match result {
             Ok(items) => {

@@ -9,6 +9,7 @@
 //! succeeded, `DeadLettered` once its dead-letter record is written, and not at all if
 //! the engine stopped first (the trigger delivers it again).
 
+mod breaker;
 mod graph;
 mod invoke;
 mod runner;
@@ -71,6 +72,8 @@ pub struct PipelineRuntime {
     /// [`POISON_CRASHES`].
     crashes: std::sync::Mutex<HashMap<String, u32>>,
     graph: graph::Graph,
+    /// One per step, and one for loading the event's input (see [`breaker`]).
+    breakers: HashMap<String, breaker::Breaker>,
 }
 
 impl PipelineRuntime {
@@ -82,6 +85,8 @@ impl PipelineRuntime {
         dead_letters: Arc<dyn DeadLetterStore>,
     ) -> Self {
         let graph = graph::Graph::new(&pipeline.steps);
+        let breakers = pipeline.steps.iter().map(|s| s.name.clone()).chain(["load".to_string()]);
+        let breakers = breakers.map(|name| (name, breaker::Breaker::default())).collect();
         Self {
             name: Arc::from(pipeline.name.as_str()),
             local: Arc::new(Semaphore::new(pipeline.limits.concurrency)),
@@ -94,7 +99,13 @@ impl PipelineRuntime {
             stats: Default::default(),
             crashes: Default::default(),
             graph,
+            breakers,
         }
+    }
+
+    /// The circuit breaker of `step` (or of `"load"`, reading the event's input).
+    pub(crate) fn breaker(&self, step: &str) -> &breaker::Breaker {
+        &self.breakers[step]
     }
 
     /// Runs events from `queue` until `shutdown`, then lets in-flight events finish

@@ -116,6 +116,11 @@ impl S3Server {
     }
 
     /// Fails this fraction of weir's requests (0.0–1.0) with 503 from now on.
+    /// Requests answered with an injected 503 so far.
+    pub fn failed_requests(&self) -> u64 {
+        self.failed_requests.load(Ordering::SeqCst)
+    }
+
     pub fn fail_fraction(&self, fraction: f64) {
         self.fail_per_mille.store((fraction * 1000.0) as u32, Ordering::SeqCst);
     }

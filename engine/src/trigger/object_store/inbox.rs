@@ -65,7 +65,9 @@ impl Inbox for ObjectStoreTrigger {
                 match self.config.auth.confirm_subscription(&subscribe_url).await {
                     Some(Ok(())) => tracing::info!(pipeline, "SNS subscription confirmed"),
                     // SNS sends the confirmation again if this is answered with an error.
-                    Some(Err(why)) => return Err(InboxError::Failed(format!("confirming the SNS subscription: {why}"))),
+                    Some(Err(why)) => {
+                        return Err(InboxError::Failed(format!("confirming the SNS subscription: {why}")))
+                    }
                     None => tracing::warn!(pipeline, subscribe_url = ?subscribe_url,
                         "SNS subscription confirmation received: visit the URL to confirm the subscription \
                          (or set notify_auth = \"sns\" to confirm signed ones by themselves)"),
