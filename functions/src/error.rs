@@ -138,15 +138,24 @@ impl FunctionError {
     }
 }
 
-/// Whether a store error is about the request itself (missing object, refused
-/// credentials, a 4xx), so that trying again cannot help; 5xx, 429 and timeouts can.
+/// S3 error codes about the destination, not the object: a missing bucket, keys the
+/// store does not know. Every event sees them, so they are waited out (an operator
+/// creates the bucket, fixes the keys) rather than dead-lettering each event.
+const DESTINATION_CODES: [&str; 6] =
+    ["NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccountProblem"];
+
+/// Whether a store error is about the request itself (missing object, a key no store
+/// can hold, a 4xx about that object), so that trying again cannot help; 5xx, 429,
+/// timeouts and problems of the whole destination ([`DESTINATION_CODES`]) can pass.
 pub fn store_error_is_permanent(err: &object_store::Error) -> bool {
     use object_store::Error as E;
+    if matches!(err, E::Unauthenticated { .. }) || about_destination(err) {
+        return false;
+    }
     match err {
         E::NotFound { .. }
         | E::InvalidPath { .. }
         | E::PermissionDenied { .. }
-        | E::Unauthenticated { .. }
         | E::NotSupported { .. }
         | E::NotImplemented { .. }
         | E::UnknownConfigurationKey { .. }
@@ -156,6 +165,20 @@ pub fn store_error_is_permanent(err: &object_store::Error) -> bool {
             http_status(other).is_some_and(|status| (400..500).contains(&status) && status != 408 && status != 429)
         }
     }
+}
+
+/// Looks for the code in the store's answer only, never in the object's path: a key
+/// named after a code must not turn its own failure into a wait.
+fn about_destination(err: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    let answer = match err {
+        E::NotFound { source, .. }
+        | E::Generic { source, .. }
+        | E::PermissionDenied { source, .. }
+        | E::Unauthenticated { source, .. } => source.to_string(),
+        _ => return false,
+    };
+    DESTINATION_CODES.iter().any(|code| answer.contains(&format!("<Code>{code}</Code>")))
 }
 
 impl fmt::Display for FunctionError {

@@ -27,6 +27,9 @@ pub struct S3Server {
     pub root: tempfile::TempDir,
     /// Per-mille of requests answered with 503 SlowDown.
     fail_per_mille: Arc<AtomicU32>,
+    /// Buckets answered as S3 answers a bucket that does not exist (s3s-fs would
+    /// create the directory on a write).
+    hidden: Arc<Mutex<Vec<String>>>,
     pub failed_requests: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
     /// Every answered request, in order.
@@ -62,8 +65,10 @@ impl S3Server {
         let failed_requests = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let request_log = Arc::new(Mutex::new(Vec::new()));
+        let hidden: Arc<Mutex<Vec<String>>> = Arc::default();
         let (fail, failed, count, log) =
             (fail_per_mille.clone(), failed_requests.clone(), requests.clone(), request_log.clone());
+        let gone = hidden.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
@@ -72,12 +77,22 @@ impl S3Server {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let (fail, failed, count, log) = (fail.clone(), failed.clone(), count.clone(), log.clone());
+                let gone = gone.clone();
                 tokio::spawn(async move {
                     let handler = service_fn(move |req: http::Request<Incoming>| {
                         let service = service.clone();
                         let (fail, failed, count, log) = (fail.clone(), failed.clone(), count.clone(), log.clone());
+                        let gone = gone.clone();
                         async move {
                             count.fetch_add(1, Ordering::SeqCst);
+                            let (bucket, _) = split_path(req.uri().path());
+                            if gone.lock().unwrap().contains(&bucket) {
+                                let body = format!(
+                                    "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The specified \
+                                     bucket does not exist</Message><BucketName>{bucket}</BucketName></Error>"
+                                );
+                                return Ok(http::Response::builder().status(404).body(s3s::Body::from(body)).unwrap());
+                            }
                             let tester = req.headers().get(http::header::USER_AGENT).is_some_and(|a| a == TEST_CLIENT);
                             if !tester && rand_per_mille() < fail.load(Ordering::SeqCst) {
                                 failed.fetch_add(1, Ordering::SeqCst);
@@ -103,7 +118,7 @@ impl S3Server {
                 });
             }
         });
-        Self { addr, root, fail_per_mille, failed_requests, requests, log: request_log }
+        Self { addr, root, fail_per_mille, hidden, failed_requests, requests, log: request_log }
     }
 
     /// The requests answered for `key`, in order.
@@ -116,6 +131,15 @@ impl S3Server {
     }
 
     /// Fails this fraction of weir's requests (0.0–1.0) with 503 from now on.
+    /// Answers requests to `bucket` as if it did not exist (`false`: as it is).
+    pub fn hide_bucket(&self, bucket: &str, hidden: bool) {
+        let mut buckets = self.hidden.lock().unwrap();
+        buckets.retain(|b| b != bucket);
+        if hidden {
+            buckets.push(bucket.to_string());
+        }
+    }
+
     /// Requests answered with an injected 503 so far.
     pub fn failed_requests(&self) -> u64 {
         self.failed_requests.load(Ordering::SeqCst)
