@@ -36,6 +36,15 @@ pub trait Function: Send + Sync + 'static {
         Ok(())
     }
 
+    /// True for functions that read their event's object themselves, as a stream (a
+    /// 300 MB CSV converted in bounded memory): as a pipeline's first step such a
+    /// function gets the object by reference (an empty payload whose metadata names it)
+    /// instead of its bytes, and `max_input_bytes` does not apply to it. A function
+    /// that says so must still take bytes (`weir invoke`, an earlier step's output).
+    fn reads_source(&self) -> bool {
+        false
+    }
+
     /// The objects this function writes, so that `weir validate` can refuse a pipeline
     /// whose outputs would land where its own trigger watches (an S3 → Lambda loop)
     /// without knowing any function by name.

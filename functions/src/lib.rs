@@ -28,6 +28,8 @@ pub mod key_filter;
 pub mod object;
 pub mod registry;
 pub mod store;
+pub mod stream;
+pub mod table;
 pub mod template;
 pub mod trigger_event;
 

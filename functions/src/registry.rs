@@ -43,6 +43,7 @@ impl Registry {
         registry.register(crate::object::expire::spec());
         registry.register(crate::object::sweep::spec());
         registry.register(crate::object::manifest::spec());
+        registry.register(crate::table::convert::spec());
         #[cfg(feature = "kafka")]
         registry.register(crate::kafka::produce::spec());
         registry

@@ -33,6 +33,11 @@ impl Runner for PipelineRuntime {
     }
 
     async fn load_object(&self, url: &str, key: &str, size: Option<u64>, scope: &Scope) -> Result<Item, StepFailure> {
+        let roots = self.graph.roots();
+        if !roots.is_empty() && roots.iter().all(|&root| self.pipeline.steps[root].function.reads_source()) {
+            // Every first step streams the object itself: hand it over by reference.
+            return Ok(Item::new(Payload::Empty, Metadata::for_object(url.to_string(), key.to_string())));
+        }
         let limit = self.pipeline.limits.max_input_bytes;
         if size.is_some_and(|s| s > limit) {
             // The size came with the event (a listing, or a notification anyone who may

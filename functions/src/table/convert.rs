@@ -1,0 +1,462 @@
+//! `table.convert`: CSV, JSON lines or Parquet in; Parquet, CSV or JSON lines out,
+//! optionally partitioned, streamed from the input object to the output objects.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::rows::Encoding;
+use super::schema::{ColumnType, TYPE_NAMES};
+use super::sink::{Codec, File, Format, TableSink, Target, WriteOptions};
+use super::source::{BadRow, ColumnSpec, InputFormat, JsonLine, OnBadRow, ReadOptions, TableReader};
+use crate::stream::{self, Input, ObjectWriter, Outputs, Sink};
+use crate::template::KeyTemplate;
+use crate::{BuildError, Context, Function, FunctionError, FunctionSpec, Item, Param, Payload};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConvertParams {
+    format: Format,
+    #[serde(default = "auto")]
+    from: InputFormat,
+    url: Option<String>,
+    key: Option<String>,
+    #[serde(default = "comma")]
+    delimiter: String,
+    #[serde(default = "double_quote")]
+    quote: String,
+    #[serde(default = "yes")]
+    header: bool,
+    #[serde(default = "utf8")]
+    encoding: Encoding,
+    #[serde(default = "default_nulls")]
+    null_values: Vec<String>,
+    #[serde(default)]
+    schema: BTreeMap<String, String>,
+    #[serde(default)]
+    columns: Vec<ColumnSpec>,
+    #[serde(default = "zstd")]
+    compression: Codec,
+    #[serde(default = "one")]
+    compression_level: i32,
+    #[serde(default = "row_group")]
+    row_group_size: usize,
+    #[serde(default = "batch")]
+    batch_size: usize,
+    #[serde(default = "sample")]
+    sample_rows: usize,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    #[serde(default = "open_partitions")]
+    max_open_partitions: usize,
+    #[serde(default = "fail")]
+    on_bad_row: OnBadRow,
+    #[serde(default = "bad_rows_key")]
+    bad_rows_key: String,
+}
+
+fn auto() -> InputFormat {
+    InputFormat::Auto
+}
+fn comma() -> String {
+    ",".into()
+}
+fn double_quote() -> String {
+    "\"".into()
+}
+fn yes() -> bool {
+    true
+}
+fn utf8() -> Encoding {
+    Encoding::Utf8
+}
+fn default_nulls() -> Vec<String> {
+    ["", "NA", "N/A", "NULL", "null"].map(String::from).to_vec()
+}
+fn zstd() -> Codec {
+    Codec::Zstd
+}
+fn one() -> i32 {
+    1
+}
+fn row_group() -> usize {
+    128 * 1024
+}
+fn batch() -> usize {
+    8192
+}
+fn sample() -> usize {
+    1000
+}
+fn open_partitions() -> usize {
+    64
+}
+fn fail() -> OnBadRow {
+    OnBadRow::Fail
+}
+fn bad_rows_key() -> String {
+    "dead-letter/rows/{key}.jsonl".into()
+}
+
+pub fn spec() -> FunctionSpec {
+    FunctionSpec::new(
+        "table.convert",
+        "Convert a table between CSV, JSON lines and Parquet as a stream (memory bounded by the batch and row \
+         group, not the file), optionally partitioned Hive-style. As a first step it reads the event's object \
+         itself; after a Kafka batch step it writes the batch's JSON records as one table.",
+        PARAMS,
+        build,
+    )
+}
+
+const PARAMS: &[Param] = &[
+    Param {
+        name: "format",
+        kind: "\"parquet\" | \"csv\" | \"json\"",
+        default: None,
+        doc: "Output format (json: JSON lines).",
+    },
+    Param {
+        name: "key",
+        kind: "string (template)",
+        default: Some("none: pass the file on as bytes"),
+        doc: "Where to stream each output file, e.g. \"lake/{stem}/{attr.hive}/part-{attr.part}.parquet\". \
+              {attr.hive} is the partition's path (year=2013/month=1), {attr.part} its file number; after a \
+              Kafka batch, {attr.first_offset} and {attr.last_offset} name the batch.",
+    },
+    Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Bucket to write to." },
+    Param {
+        name: "from",
+        kind: "\"auto\" | \"csv\" | \"json\" | \"parquet\"",
+        default: Some("\"auto\""),
+        doc: "Input format; auto: Parquet by its magic bytes, JSON lines by .json/.jsonl/.ndjson, else CSV.",
+    },
+    Param { name: "delimiter", kind: "string (one byte)", default: Some("\",\""), doc: "CSV field delimiter." },
+    Param { name: "quote", kind: "string (one byte)", default: Some("'\"'"), doc: "CSV quote character." },
+    Param { name: "header", kind: "bool", default: Some("true"), doc: "The CSV's first record names the columns." },
+    Param {
+        name: "encoding",
+        kind: "\"utf-8\" | \"latin-1\"",
+        default: Some("\"utf-8\""),
+        doc: "Text encoding of the input; invalid UTF-8 makes a row bad. A byte-order mark is skipped.",
+    },
+    Param {
+        name: "null_values",
+        kind: "[string]",
+        default: Some("[\"\", \"NA\", \"N/A\", \"NULL\", \"null\"]"),
+        doc: "Field texts that mean a missing value.",
+    },
+    Param {
+        name: "schema",
+        kind: "{ column = type }",
+        default: Some("inferred"),
+        doc: "Declared column types, over the ones inferred from the first sample_rows rows. Types: string, \
+              bool, int32, int64, float64, date32, timestamp[s|ms|us|ns].",
+    },
+    Param {
+        name: "columns",
+        kind: "[name | { name, from }]",
+        default: Some("all"),
+        doc: "Output columns in order: a name keeps a column, { name = \"new\", from = \"old\" } renames one.",
+    },
+    Param {
+        name: "partition_by",
+        kind: "[column]",
+        default: Some("none"),
+        doc: "Write one file per value of these columns, Hive-style (year=2013/month=1/); the columns leave the files.",
+    },
+    Param {
+        name: "max_open_partitions",
+        kind: "integer",
+        default: Some("64"),
+        doc: "Partition files open at once; past it the oldest is finished and its next rows start a new part.",
+    },
+    Param {
+        name: "on_bad_row",
+        kind: "\"fail\" | \"skip\" | \"dead_letter\"",
+        default: Some("\"fail\""),
+        doc: "A ragged row, a value not of its column's type, invalid UTF-8: fail the input, leave the row out, \
+              or leave it out and list it (with its line) in one object per input at bad_rows_key.",
+    },
+    Param {
+        name: "bad_rows_key",
+        kind: "string (template)",
+        default: Some("\"dead-letter/rows/{key}.jsonl\""),
+        doc: "Where on_bad_row = \"dead_letter\" lists an input's bad rows, in the output bucket.",
+    },
+    Param {
+        name: "compression",
+        kind: "\"zstd\" | \"snappy\" | \"none\"",
+        default: Some("\"zstd\""),
+        doc: "Parquet codec.",
+    },
+    Param { name: "compression_level", kind: "integer", default: Some("1"), doc: "zstd level (1-22)." },
+    Param { name: "row_group_size", kind: "integer", default: Some("131072"), doc: "Rows per Parquet row group." },
+    Param { name: "batch_size", kind: "integer", default: Some("8192"), doc: "Rows decoded at a time." },
+    Param { name: "sample_rows", kind: "integer", default: Some("1000"), doc: "Rows read to infer column types." },
+];
+
+fn one_byte(name: &'static str, text: &str) -> Result<u8, BuildError> {
+    match text.as_bytes() {
+        [b] if b.is_ascii() => Ok(*b),
+        _ => Err(BuildError::param(name, format!("{text:?} must be one ASCII character"))),
+    }
+}
+
+fn build(p: ConvertParams) -> Result<Convert, BuildError> {
+    let mut schema = Vec::new();
+    for (column, ty) in &p.schema {
+        let parsed = ColumnType::parse(ty).ok_or_else(|| {
+            BuildError::param("schema", format!("{column}: unknown type {ty:?} (known: {TYPE_NAMES})"))
+        })?;
+        schema.push((column.clone(), parsed));
+    }
+    for (name, value) in
+        [("row_group_size", p.row_group_size), ("batch_size", p.batch_size), ("sample_rows", p.sample_rows)]
+    {
+        if value == 0 {
+            return Err(BuildError::param(name, "must be at least 1"));
+        }
+    }
+    if p.max_open_partitions == 0 {
+        return Err(BuildError::param("max_open_partitions", "must be at least 1"));
+    }
+    if p.compression == Codec::Zstd && !(1..=22).contains(&p.compression_level) {
+        return Err(BuildError::param("compression_level", "zstd levels are 1 to 22"));
+    }
+    let key = p.key.as_deref().map(KeyTemplate::parse).transpose().map_err(|e| BuildError::param("key", e.message))?;
+    let bad_rows_key = KeyTemplate::parse(&p.bad_rows_key).map_err(|e| BuildError::param("bad_rows_key", e.message))?;
+    Ok(Convert {
+        read: ReadOptions {
+            format: p.from,
+            delimiter: one_byte("delimiter", &p.delimiter)?,
+            quote: one_byte("quote", &p.quote)?,
+            header: p.header,
+            encoding: p.encoding,
+            null_values: p.null_values.into_iter().map(String::into_bytes).collect(),
+            schema,
+            columns: p.columns,
+            batch_size: p.batch_size,
+            sample_rows: p.sample_rows,
+            max_parquet_bytes: 0,
+        },
+        write: WriteOptions {
+            format: p.format,
+            codec: p.compression,
+            zstd_level: p.compression_level,
+            row_group_size: p.row_group_size,
+            partition_by: p.partition_by,
+            max_open_partitions: p.max_open_partitions,
+        },
+        url: p.url,
+        key,
+        on_bad_row: p.on_bad_row,
+        bad_rows_key,
+    })
+}
+
+pub struct Convert {
+    read: ReadOptions,
+    write: WriteOptions,
+    url: Option<String>,
+    key: Option<KeyTemplate>,
+    on_bad_row: OnBadRow,
+    bad_rows_key: KeyTemplate,
+}
+
+/// What one conversion did.
+struct Converted {
+    files: Vec<File>,
+    rows: u64,
+    bad_rows: u64,
+    bad_rows_key: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Function for Convert {
+    fn reads_source(&self) -> bool {
+        true
+    }
+
+    fn writes(&self) -> Vec<crate::Output> {
+        match &self.key {
+            Some(key) => crate::object::output(&self.url, key),
+            None => Vec::new(),
+        }
+    }
+
+    async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+        let name = item.meta.key.clone().unwrap_or_else(|| item.describe());
+        let bucket = match (&self.url, &item.meta.source_url) {
+            (None, None) => None,
+            _ => Some(crate::object::target_bucket(self.url.as_deref(), &item, ctx)?),
+        };
+        if self.key.is_some() && bucket.is_none() {
+            return Err(FunctionError::permanent(format!("{name}: `key` is set but there is no bucket to write to")));
+        }
+        // The item the output keys are rendered from: a batch's first record, with the
+        // batch's offsets.
+        let mut base = match &item.payload {
+            Payload::Collection(items) => batch_item(items),
+            _ => Item::new(Payload::Empty, item.meta.clone()),
+        };
+        base.meta.format_ext = Some(self.write.format.ext().to_string());
+        let (input, rows) = match item.payload {
+            Payload::Collection(items) => (Input::Bytes(bytes::Bytes::new()), Some(json_records(items))),
+            _ => (Input::of(&item, ctx)?, None),
+        };
+        let mut read = self.read.clone();
+        read.max_parquet_bytes = ctx.limits.max_input_bytes;
+        let write = self.write.clone();
+        let key = self.key.clone();
+        let on_bad_row = self.on_bad_row;
+        let bad_rows_key = self.bad_rows_key.clone();
+        let (stage_ctx, stage_base, stage_name) = (ctx.clone(), base.clone(), name.clone());
+        let sink = Sink { bucket: bucket.clone(), emitter: None };
+        let (converted, _) = stream::run(input, sink, move |reader, outputs| {
+            let reader = match rows {
+                Some(rows) => TableReader::json(&stage_name, rows, &read)?,
+                None => TableReader::open(&stage_name, Box::new(reader), &read)?,
+            };
+            let job =
+                Job { name: &stage_name, ctx: &stage_ctx, base: &stage_base, key: key.as_ref(), write, on_bad_row };
+            job.run(reader, outputs, &bad_rows_key)
+        })
+        .await?;
+        if converted.bad_rows > 0 {
+            tracing::warn!(
+                rows = converted.rows,
+                bad_rows = converted.bad_rows,
+                listed_in = converted.bad_rows_key.as_deref().unwrap_or("(skipped)"),
+                "{name}: {} bad row(s) left out",
+                converted.bad_rows
+            );
+        }
+        let bucket_url = bucket.as_ref().map(|b| b.url.clone());
+        Ok(converted
+            .files
+            .into_iter()
+            .map(|file| {
+                let mut meta = base.meta.clone();
+                meta.content_type = Some(self.write.format.content_type().to_string());
+                if !file.partition.is_empty() {
+                    meta.attributes.insert("hive".into(), file.partition.clone());
+                    meta.variant = Some(file.partition.replace('/', ","));
+                }
+                meta.attributes.insert("part".into(), file.part.to_string());
+                meta.attributes.insert("rows".into(), file.rows.to_string());
+                match (file.bytes, file.key) {
+                    (Some(bytes), _) => Item::new(Payload::Bytes(bytes), meta),
+                    (None, Some(key)) => {
+                        meta.attributes.insert("output_key".into(), key.clone());
+                        let description = serde_json::json!({
+                            "url": bucket_url, "key": key, "size": file.size, "rows": file.rows,
+                            "partition": file.partition,
+                        });
+                        Item::new(Payload::Json(description), meta)
+                    }
+                    (None, None) => Item::new(Payload::Empty, meta),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The per-input work, on the stage's thread.
+struct Job<'a> {
+    name: &'a str,
+    ctx: &'a Context,
+    base: &'a Item,
+    key: Option<&'a KeyTemplate>,
+    write: WriteOptions,
+    on_bad_row: OnBadRow,
+}
+
+impl Job<'_> {
+    fn run(
+        self,
+        mut reader: TableReader,
+        outputs: Outputs,
+        bad_rows_key: &KeyTemplate,
+    ) -> Result<Converted, FunctionError> {
+        let schema = reader.schema();
+        let mut object_outputs = outputs.clone();
+        let render = |hive: &str, part: u32| -> Result<String, FunctionError> {
+            let mut item = self.base.clone();
+            if !hive.is_empty() {
+                item.meta.attributes.insert("hive".into(), hive.to_string());
+            }
+            item.meta.attributes.insert("part".into(), part.to_string());
+            self.key.expect("objects only with a key").render(&item, self.ctx)
+        };
+        let target = match self.key {
+            Some(_) => Target::Objects { outputs: &mut object_outputs, key: &render },
+            None => Target::Memory { limit: self.ctx.limits.max_input_bytes },
+        };
+        let mut sink = TableSink::new(&schema, self.write.clone(), target)?;
+        let mut listed: Option<(String, ObjectWriter)> = None;
+        let mut list_outputs = outputs;
+        let mut on_bad = |bad: BadRow| -> Result<(), FunctionError> {
+            match self.on_bad_row {
+                OnBadRow::Fail => {
+                    Err(FunctionError::permanent(format!("{} line {}: {}", self.name, bad.line, bad.error)))
+                }
+                OnBadRow::Skip => Ok(()),
+                OnBadRow::DeadLetter => {
+                    use std::io::Write;
+                    if listed.is_none() {
+                        let key = bad_rows_key.render(self.base, self.ctx)?;
+                        let writer = list_outputs.open(key.clone()).map_err(|e| stream::io_error(&key, e))?;
+                        listed = Some((key, writer));
+                    }
+                    let (key, writer) = listed.as_mut().expect("opened above");
+                    let mut line = serde_json::to_vec(&serde_json::json!({
+                        "input": self.name, "line": bad.line, "error": bad.error, "row": bad.row,
+                    }))
+                    .unwrap_or_default();
+                    line.push(b'\n');
+                    writer.write_all(&line).map_err(|e| stream::io_error(key, e))
+                }
+            }
+        };
+        while let Some(batch) = reader.next_batch(&mut on_bad)? {
+            crate::cpu::check(&self.ctx.cancel, self.name)?;
+            sink.write(&batch)?;
+        }
+        let files = sink.finish()?;
+        let bad_rows_key = match listed {
+            Some((key, writer)) => {
+                writer.finish().map_err(|e| stream::io_error(&key, e))?;
+                Some(key)
+            }
+            None => None,
+        };
+        Ok(Converted { files, rows: reader.rows, bad_rows: reader.bad_rows, bad_rows_key })
+    }
+}
+
+/// The item a batch's output keys are rendered from: its first record's metadata, with
+/// `first_offset` and `last_offset` when the records have offsets (Kafka).
+fn batch_item(items: &[Item]) -> Item {
+    let mut meta = items.first().map(|i| i.meta.clone()).unwrap_or_default();
+    let offsets: Vec<i64> =
+        items.iter().filter_map(|i| i.meta.attribute("offset").and_then(|o| o.parse().ok())).collect();
+    if let (Some(first), Some(last)) = (offsets.iter().min(), offsets.iter().max()) {
+        meta.attributes.insert("first_offset".into(), first.to_string());
+        meta.attributes.insert("last_offset".into(), last.to_string());
+    }
+    Item::new(Payload::Empty, meta)
+}
+
+/// A batch's records as JSON rows; a record's "line" is its offset when it has one.
+fn json_records(items: Vec<Item>) -> Box<dyn Iterator<Item = JsonLine> + Send> {
+    Box::new(items.into_iter().enumerate().map(|(i, item)| {
+        let line = item.meta.attribute("offset").and_then(|o| o.parse().ok()).unwrap_or(i as u64 + 1);
+        let value = match item.payload {
+            Payload::Json(value) => Ok(value),
+            Payload::Bytes(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}")),
+            other => Err(format!("a {} payload is not a JSON record", other.kind())),
+        };
+        Ok((line, value))
+    }))
+}

@@ -1,0 +1,16 @@
+//! Table functions: CSV, JSON lines and Parquet, converted and split as streams.
+//!
+//! ```text
+//! bytes ─▶ source (csv / json lines / parquet) ─▶ rows ─▶ record batches ─▶ sink (parquet / csv / json, per partition) ─▶ objects
+//! ```
+//!
+//! Arrow record batches are the currency between the two halves, so a new input or
+//! output format is one side's concern only. Every stage runs on a blocking thread fed
+//! by [`crate::stream`], never on the async reactor.
+
+pub mod convert;
+pub mod csv;
+pub mod rows;
+pub mod schema;
+pub mod sink;
+pub mod source;

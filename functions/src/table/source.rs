@@ -1,0 +1,557 @@
+//! Tables in: CSV or JSON lines from a byte stream (typed from a sample or the declared
+//! schema), JSON records from a Kafka batch, or Parquet, as record batches, with bad
+//! rows reported by line.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Field, Schema};
+
+use super::csv::{CsvReader, OwnedRecord};
+use super::rows::{BatchBuilder, Encoding, Row};
+use super::schema::{ColumnType, Columns, Inference};
+use crate::stream::io_error;
+use crate::FunctionError;
+
+/// How rows that do not fit are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRow {
+    /// The first bad row fails the input (it is dead-lettered whole, nothing is written).
+    Fail,
+    /// Bad rows are counted and left out.
+    Skip,
+    /// Bad rows are left out and listed in one dead-letter object per input.
+    DeadLetter,
+}
+
+/// A column of the output: an input column, optionally renamed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    Name(String),
+    Renamed { name: String, from: String },
+}
+
+impl ColumnSpec {
+    fn source(&self) -> &str {
+        match self {
+            ColumnSpec::Name(n) => n,
+            ColumnSpec::Renamed { from, .. } => from,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            ColumnSpec::Name(n) => n,
+            ColumnSpec::Renamed { name, .. } => name,
+        }
+    }
+}
+
+/// The input's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// From the first bytes (Parquet's `PAR1`), else the key's extension.
+    Auto,
+    Csv,
+    #[serde(alias = "jsonl", alias = "ndjson")]
+    Json,
+    Parquet,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    pub format: InputFormat,
+    pub delimiter: u8,
+    pub quote: u8,
+    pub header: bool,
+    pub encoding: Encoding,
+    pub null_values: Vec<Vec<u8>>,
+    /// Declared types, overriding inference for the columns named.
+    pub schema: Vec<(String, ColumnType)>,
+    /// Output columns; empty keeps them all.
+    pub columns: Vec<ColumnSpec>,
+    pub batch_size: usize,
+    pub sample_rows: usize,
+    /// The largest Parquet input (read whole: its footer comes last).
+    pub max_parquet_bytes: u64,
+}
+
+/// One bad row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BadRow {
+    pub line: u64,
+    pub error: String,
+    /// The row's fields (or text), cut to 1 KiB.
+    pub row: String,
+}
+
+/// What a reader calls with each bad row; an error stops the input.
+pub type OnBad<'a> = dyn FnMut(BadRow) -> Result<(), FunctionError> + 'a;
+
+enum Kind {
+    Csv {
+        reader: Box<CsvReader<Box<dyn Read + Send>>>,
+        sample: VecDeque<OwnedRecord>,
+    },
+    Json {
+        rows: Box<dyn Iterator<Item = JsonLine> + Send>,
+        names: Vec<String>,
+        sample: VecDeque<(u64, Result<serde_json::Value, String>)>,
+    },
+    Parquet {
+        reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+        projection: Vec<usize>,
+        schema: Arc<Schema>,
+    },
+}
+
+/// A JSON row: its line (or record index) and the parsed value or why it is not one;
+/// an error reading the input at all (the store failed) stops the input.
+pub type JsonLine = Result<(u64, Result<serde_json::Value, String>), FunctionError>;
+
+pub struct TableReader {
+    name: String,
+    kind: Kind,
+    builder: Option<BatchBuilder>,
+    pub rows: u64,
+    pub bad_rows: u64,
+}
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(1024) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+impl TableReader {
+    /// Opens a byte stream as a table; `name` (the key) is for messages and the
+    /// format's extension.
+    pub fn open(name: &str, mut input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
+        let mut head = Vec::with_capacity(4);
+        (&mut input).take(4).read_to_end(&mut head).map_err(|e| io_error(name, e))?;
+        let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let format = match options.format {
+            InputFormat::Auto if head == b"PAR1" => InputFormat::Parquet,
+            InputFormat::Auto => match ext.as_str() {
+                "json" | "jsonl" | "ndjson" => InputFormat::Json,
+                "parquet" => {
+                    return Err(FunctionError::permanent(format!(
+                        "{name} is named .parquet but is not Parquet (it does not start with PAR1)"
+                    )))
+                }
+                _ => InputFormat::Csv,
+            },
+            other => other,
+        };
+        if head.is_empty() {
+            return Err(FunctionError::permanent(format!("{name} is empty: no header and no rows")));
+        }
+        let input: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(input));
+        match format {
+            InputFormat::Parquet => Self::parquet(name, input, options),
+            InputFormat::Json => {
+                let lines =
+                    Lines { reader: BufReader::with_capacity(256 << 10, input), line: 0, name: name.to_string() };
+                Self::json(name, Box::new(lines), options)
+            }
+            _ => Self::csv(name, input, options),
+        }
+    }
+
+    fn csv(name: &str, input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
+        let mut reader = CsvReader::new(input, options.delimiter, options.quote);
+        let decode = |bytes: &[u8]| match options.encoding {
+            Encoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
+            Encoding::Latin1 => bytes.iter().map(|&b| b as char).collect(),
+        };
+        let mut names = Vec::new();
+        let mut sample = VecDeque::new();
+        if options.header {
+            let header = reader
+                .next_record()
+                .map_err(|e| io_error(name, e))?
+                .ok_or_else(|| FunctionError::permanent(format!("{name} is empty: no header and no rows")))?;
+            if header.oversized {
+                return Err(FunctionError::permanent(format!("{name} line 1: the header is too long")));
+            }
+            names = (0..header.width()).map(|i| decode(header.field(i).unwrap_or_default())).collect();
+        }
+        while sample.len() < options.sample_rows {
+            match reader.next_record().map_err(|e| io_error(name, e))? {
+                Some(record) => sample.push_back(record.to_owned()),
+                None => break,
+            }
+        }
+        if !options.header {
+            let width = sample.front().map(|r| r.width()).unwrap_or(0);
+            names = (1..=width).map(|i| format!("column_{i}")).collect();
+        }
+        if sample.is_empty() {
+            return Err(FunctionError::permanent(format!("{name} has a header but no rows")));
+        }
+        let names = unique_names(names);
+        let mut inference = vec![Inference::default(); names.len()];
+        for record in sample.iter().filter(|r| r.width() == names.len()) {
+            for (i, infer) in inference.iter_mut().enumerate() {
+                let text = record.field(i).unwrap_or_default();
+                if !options.null_values.iter().any(|n| n.as_slice() == text) {
+                    infer.observe(text);
+                }
+            }
+        }
+        let types = inference.iter().map(Inference::result).collect();
+        let builder = build(name, &names, types, options)?;
+        Ok(Self {
+            name: name.to_string(),
+            kind: Kind::Csv { reader: Box::new(reader), sample },
+            builder: Some(builder),
+            rows: 0,
+            bad_rows: 0,
+        })
+    }
+
+    /// JSON rows from any source: lines of a byte stream, or the records of a batch.
+    pub fn json(
+        name: &str,
+        mut rows: Box<dyn Iterator<Item = JsonLine> + Send>,
+        options: &ReadOptions,
+    ) -> Result<Self, FunctionError> {
+        let mut sample = VecDeque::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for row in rows.by_ref() {
+            let row = row?;
+            if let (_, Ok(serde_json::Value::Object(map))) = &row {
+                for key in map.keys() {
+                    if seen.insert(key.clone()) {
+                        names.push(key.clone());
+                    }
+                }
+            }
+            sample.push_back(row);
+            if sample.len() >= options.sample_rows {
+                break;
+            }
+        }
+        if sample.is_empty() {
+            return Err(FunctionError::permanent(format!("{name} is empty: no rows")));
+        }
+        if names.is_empty() {
+            return Err(FunctionError::permanent(format!("{name}: no JSON object among the first rows")));
+        }
+        let mut inference = vec![Inference::default(); names.len()];
+        let mut fields = JsonRow::default();
+        for (_, value) in &sample {
+            if let Ok(value) = value {
+                if fields.fill(value, &names).is_ok() {
+                    for (i, infer) in inference.iter_mut().enumerate() {
+                        if let Some(text) = fields.field(i) {
+                            if !options.null_values.iter().any(|n| n.as_slice() == text) {
+                                infer.observe(text);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let types = inference.iter().map(Inference::result).collect();
+        let builder = build(name, &names, types, options)?;
+        Ok(Self {
+            name: name.to_string(),
+            kind: Kind::Json { rows, names, sample },
+            builder: Some(builder),
+            rows: 0,
+            bad_rows: 0,
+        })
+    }
+
+    fn parquet(name: &str, input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
+        let mut bytes = Vec::new();
+        input.take(options.max_parquet_bytes + 1).read_to_end(&mut bytes).map_err(|e| io_error(name, e))?;
+        if bytes.len() as u64 > options.max_parquet_bytes {
+            return Err(FunctionError::permanent(format!(
+                "{name} is over max_input_bytes = {} (Parquet inputs are read whole)",
+                options.max_parquet_bytes
+            )));
+        }
+        let not_parquet = |e: parquet::errors::ParquetError| {
+            FunctionError::permanent(format!("{name} is not a readable Parquet file: {e}"))
+        };
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .map_err(not_parquet)?
+            .with_batch_size(options.batch_size);
+        let full = builder.schema().clone();
+        let specs: Vec<ColumnSpec> = if options.columns.is_empty() {
+            full.fields().iter().map(|f| ColumnSpec::Name(f.name().clone())).collect()
+        } else {
+            options.columns.clone()
+        };
+        let mut projection = Vec::new();
+        let mut fields = Vec::new();
+        for spec in &specs {
+            let index = full.index_of(spec.source()).map_err(|_| {
+                FunctionError::permanent(format!("columns names {:?}, which {name} lacks", spec.source()))
+            })?;
+            projection.push(index);
+            let field = full.field(index);
+            fields.push(Field::new(spec.name(), field.data_type().clone(), true));
+        }
+        let reader = builder.build().map_err(not_parquet)?;
+        Ok(Self {
+            name: name.to_string(),
+            kind: Kind::Parquet { reader, projection, schema: Arc::new(Schema::new(fields)) },
+            builder: None,
+            rows: 0,
+            bad_rows: 0,
+        })
+    }
+
+    pub fn schema(&self) -> Arc<Schema> {
+        match (&self.kind, &self.builder) {
+            (Kind::Parquet { schema, .. }, _) => schema.clone(),
+            (_, Some(builder)) => builder.columns().arrow(),
+            _ => Arc::new(Schema::empty()),
+        }
+    }
+
+    /// The next batch of good rows; bad ones go to `on_bad`.
+    pub fn next_batch(&mut self, on_bad: &mut OnBad<'_>) -> Result<Option<RecordBatch>, FunctionError> {
+        let name = self.name.as_str();
+        match &mut self.kind {
+            Kind::Parquet { reader, projection, schema } => match reader.next() {
+                None => Ok(None),
+                Some(Err(e)) => Err(FunctionError::permanent(format!("{name} is not a readable Parquet file: {e}"))),
+                Some(Ok(batch)) => {
+                    let columns = projection.iter().map(|&i| batch.column(i).clone()).collect();
+                    let batch = RecordBatch::try_new(schema.clone(), columns)
+                        .map_err(|e| FunctionError::permanent(format!("{name}: {e}")))?;
+                    self.rows += batch.num_rows() as u64;
+                    Ok(Some(batch))
+                }
+            },
+            Kind::Csv { reader, sample } => {
+                let builder = self.builder.as_mut().expect("csv has a builder");
+                while !builder.is_full() {
+                    let outcome = if let Some(record) = sample.pop_front() {
+                        push(builder, &record, record.line, record.oversized)
+                    } else {
+                        match reader.next_record().map_err(|e| io_error(name, e))? {
+                            None => break,
+                            Some(record) => push(builder, &record, record.line, record.oversized),
+                        }
+                    };
+                    if let Err(bad) = outcome {
+                        self.bad_rows += 1;
+                        on_bad(bad)?;
+                    }
+                }
+                let batch = builder.finish();
+                self.rows += batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+                Ok(batch)
+            }
+            Kind::Json { rows, names, sample } => {
+                let builder = self.builder.as_mut().expect("json has a builder");
+                let mut fields = JsonRow::default();
+                while !builder.is_full() {
+                    let next = match sample.pop_front() {
+                        Some(row) => Some(row),
+                        None => rows.next().transpose()?,
+                    };
+                    let Some((line, value)) = next else { break };
+                    let outcome = match value {
+                        Err(why) => Err(BadRow { line, error: why, row: String::new() }),
+                        Ok(value) => match fields.fill(&value, names) {
+                            Err(why) => Err(BadRow { line, error: why, row: cut(&value.to_string()) }),
+                            Ok(()) => builder.push(&fields).map_err(|why| BadRow {
+                                line,
+                                error: why,
+                                row: cut(&value.to_string()),
+                            }),
+                        },
+                    };
+                    if let Err(bad) = outcome {
+                        self.bad_rows += 1;
+                        on_bad(bad)?;
+                    }
+                }
+                let batch = builder.finish();
+                self.rows += batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+                Ok(batch)
+            }
+        }
+    }
+}
+
+fn push(builder: &mut BatchBuilder, row: &dyn Row, line: u64, oversized: bool) -> Result<(), BadRow> {
+    if oversized {
+        let error = format!("longer than {} bytes", super::csv::MAX_RECORD_BYTES);
+        return Err(BadRow { line, error, row: String::new() });
+    }
+    builder.push(row).map_err(|error| {
+        let fields: Vec<String> =
+            (0..row.width()).map(|i| String::from_utf8_lossy(row.field(i).unwrap_or_default()).into_owned()).collect();
+        BadRow { line, error, row: cut(&serde_json::to_string(&fields).unwrap_or_default()) }
+    })
+}
+
+/// Renames duplicate or empty header names so every column can be addressed.
+fn unique_names(names: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let base = if name.trim().is_empty() { format!("column_{}", i + 1) } else { name };
+            let mut candidate = base.clone();
+            let mut n = 2;
+            while !seen.insert(candidate.clone()) {
+                candidate = format!("{base}_{n}");
+                n += 1;
+            }
+            candidate
+        })
+        .collect()
+}
+
+/// The output columns from the input's names and inferred types, the declared
+/// `schema` and the `columns` selection.
+fn build(
+    name: &str,
+    names: &[String],
+    mut types: Vec<ColumnType>,
+    options: &ReadOptions,
+) -> Result<BatchBuilder, FunctionError> {
+    for (column, ty) in &options.schema {
+        let index = names.iter().position(|n| n == column).ok_or_else(|| {
+            FunctionError::permanent(format!(
+                "schema names column {column:?}, which {name} lacks (it has {})",
+                names.join(", ")
+            ))
+        })?;
+        types[index] = *ty;
+    }
+    let (out_names, sources): (Vec<String>, Vec<usize>) = if options.columns.is_empty() {
+        (names.to_vec(), (0..names.len()).collect())
+    } else {
+        let mut out = Vec::new();
+        for spec in &options.columns {
+            let index = names.iter().position(|n| n == spec.source()).ok_or_else(|| {
+                FunctionError::permanent(format!("columns names {:?}, which {name} lacks", spec.source()))
+            })?;
+            out.push((spec.name().to_string(), index));
+        }
+        out.into_iter().unzip()
+    };
+    let out_types = sources.iter().map(|&i| types[i]).collect();
+    let columns = Columns { names: out_names, types: out_types };
+    Ok(BatchBuilder::new(
+        columns,
+        sources,
+        names.len(),
+        options.encoding,
+        options.null_values.clone(),
+        options.batch_size,
+    ))
+}
+
+/// A JSON object's fields as text, in the table's column order.
+#[derive(Default)]
+struct JsonRow {
+    fields: Vec<Option<Vec<u8>>>,
+}
+
+impl JsonRow {
+    fn fill(&mut self, value: &serde_json::Value, names: &[String]) -> Result<(), String> {
+        let serde_json::Value::Object(map) = value else {
+            return Err("not a JSON object".into());
+        };
+        self.fields.resize(names.len(), None);
+        for (slot, name) in self.fields.iter_mut().zip(names) {
+            let buffer = slot.get_or_insert_with(Vec::new);
+            buffer.clear();
+            match map.get(name) {
+                None | Some(serde_json::Value::Null) => *slot = None,
+                Some(serde_json::Value::String(s)) => buffer.extend_from_slice(s.as_bytes()),
+                Some(serde_json::Value::Bool(b)) => buffer.extend_from_slice(if *b { b"true" } else { b"false" }),
+                Some(serde_json::Value::Number(n)) => buffer.extend_from_slice(n.to_string().as_bytes()),
+                Some(other) => buffer.extend_from_slice(other.to_string().as_bytes()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Row for JsonRow {
+    fn width(&self) -> usize {
+        self.fields.len()
+    }
+
+    fn field(&self, index: usize) -> Option<&[u8]> {
+        self.fields.get(index)?.as_deref()
+    }
+}
+
+/// The largest JSON line kept; a longer one is a bad row.
+pub const MAX_LINE_BYTES: usize = 8 << 20;
+
+/// Lines of a byte stream, each capped at [`MAX_LINE_BYTES`], parsed as JSON.
+struct Lines<R> {
+    reader: BufReader<R>,
+    line: u64,
+    name: String,
+}
+
+impl<R: Read> Iterator for Lines<R> {
+    type Item = JsonLine;
+
+    fn next(&mut self) -> Option<JsonLine> {
+        loop {
+            let mut text = Vec::new();
+            let mut oversized = false;
+            let mut any = false;
+            loop {
+                let buf = match self.reader.fill_buf() {
+                    Ok(buf) => buf,
+                    Err(e) => return Some(Err(io_error(&self.name, e))),
+                };
+                if buf.is_empty() {
+                    break;
+                }
+                any = true;
+                let (piece, done) = match memchr::memchr(b'\n', buf) {
+                    Some(at) => (&buf[..at], Some(at + 1)),
+                    None => (buf, None),
+                };
+                if text.len() + piece.len() > MAX_LINE_BYTES {
+                    oversized = true;
+                    text.clear();
+                } else {
+                    text.extend_from_slice(piece);
+                }
+                let used = done.unwrap_or(buf.len());
+                self.reader.consume(used);
+                if done.is_some() {
+                    break;
+                }
+            }
+            if !any {
+                return None;
+            }
+            self.line += 1;
+            if oversized {
+                return Some(Ok((self.line, Err(format!("longer than {MAX_LINE_BYTES} bytes")))));
+            }
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = serde_json::from_slice(&text).map_err(|e| format!("not JSON: {e}"));
+            return Some(Ok((self.line, parsed)));
+        }
+    }
+}
