@@ -16,6 +16,8 @@
 //!
 //! A function author depends on this crate only: no Kafka, no SQLite.
 
+pub mod archive;
+pub mod compress;
 pub mod context;
 pub mod cpu;
 pub mod error;
@@ -32,6 +34,7 @@ pub mod stream;
 pub mod table;
 pub mod template;
 pub mod trigger_event;
+pub mod units;
 
 pub use context::{Context, Limits};
 pub use error::{BuildError, ErrorKind, FunctionError, PartialBatch};

@@ -44,6 +44,9 @@ impl Registry {
         registry.register(crate::object::sweep::spec());
         registry.register(crate::object::manifest::spec());
         registry.register(crate::table::convert::spec());
+        registry.register(crate::compress::function::decode_spec());
+        registry.register(crate::compress::function::encode_spec());
+        registry.register(crate::archive::extract::spec());
         #[cfg(feature = "kafka")]
         registry.register(crate::kafka::produce::spec());
         registry

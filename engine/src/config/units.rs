@@ -21,31 +21,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?}: {e} (examples: \"500ms\", \"30s\", \"1h 30m\")"))
 }
 
-/// A size written as `"64MiB"`, `"10 MB"` or a plain number of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) if n > 0 => Ok(ByteSize(n as u64)),
-            Raw::Number(n) => Err(de::Error::custom(format!("size must be positive, got {n}"))),
-            Raw::Text(text) => match text.trim().parse::<bytesize::ByteSize>() {
-                Ok(size) if size.as_u64() > 0 => Ok(ByteSize(size.as_u64())),
-                Ok(_) => Err(de::Error::custom("size must be positive")),
-                Err(e) => Err(de::Error::custom(format!(
-                    "invalid size {text:?}: {e} (examples: \"64MiB\", \"512KiB\", \"1GB\")"
-                ))),
-            },
-        }
-    }
-}
+/// Sizes are read the same way by pipeline limits and function parameters.
+pub use weir_functions::units::ByteSize;
 
 /// Exponential backoff bounds: the first retry waits about `min`, each next one
 /// doubles, never above `max`. Written `"200ms..10s"`.

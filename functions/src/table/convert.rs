@@ -53,6 +53,12 @@ struct ConvertParams {
     on_bad_row: OnBadRow,
     #[serde(default = "bad_rows_key")]
     bad_rows_key: String,
+    #[serde(default = "four_gib")]
+    max_decompressed_bytes: crate::units::ByteSize,
+}
+
+fn four_gib() -> crate::units::ByteSize {
+    crate::units::ByteSize(4 << 30)
 }
 
 fn auto() -> InputFormat {
@@ -194,6 +200,13 @@ const PARAMS: &[Param] = &[
     Param { name: "row_group_size", kind: "integer", default: Some("131072"), doc: "Rows per Parquet row group." },
     Param { name: "batch_size", kind: "integer", default: Some("8192"), doc: "Rows decoded at a time." },
     Param { name: "sample_rows", kind: "integer", default: Some("1000"), doc: "Rows read to infer column types." },
+    Param {
+        name: "max_decompressed_bytes",
+        kind: "size",
+        default: Some("\"4GiB\""),
+        doc: "A gzip, zstd, bzip2 or xz input (recognised by its first bytes) is read through its codec: the most \
+              it may expand to (and never more than 100:1).",
+    },
 ];
 
 fn one_byte(name: &'static str, text: &str) -> Result<u8, BuildError> {
@@ -239,6 +252,7 @@ fn build(p: ConvertParams) -> Result<Convert, BuildError> {
             batch_size: p.batch_size,
             sample_rows: p.sample_rows,
             max_parquet_bytes: 0,
+            expansion: crate::compress::Expansion { max_bytes: p.max_decompressed_bytes.0, max_ratio: 100 },
         },
         write: WriteOptions {
             format: p.format,

@@ -79,6 +79,8 @@ pub struct ReadOptions {
     pub sample_rows: usize,
     /// The largest Parquet input (read whole: its footer comes last).
     pub max_parquet_bytes: u64,
+    /// What a compressed input may expand to.
+    pub expansion: crate::compress::Expansion,
 }
 
 /// One bad row.
@@ -132,7 +134,11 @@ fn cut(text: &str) -> String {
 impl TableReader {
     /// Opens a byte stream as a table; `name` (the key) is for messages and the
     /// format's extension.
-    pub fn open(name: &str, mut input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
+    pub fn open(name: &str, input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
+        // A compressed input (flights.csv.gz) is read through its codec, within limits.
+        let (mut input, _) =
+            crate::compress::codec::open(input, None, options.expansion, name).map_err(|e| io_error(name, e))?;
+        let name = name.strip_suffix(".gz").or_else(|| name.strip_suffix(".zst")).unwrap_or(name);
         let mut head = Vec::with_capacity(4);
         (&mut input).take(4).read_to_end(&mut head).map_err(|e| io_error(name, e))?;
         let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
