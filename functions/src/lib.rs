@@ -24,6 +24,7 @@ pub mod error;
 pub mod function;
 pub mod image;
 pub mod item;
+pub mod json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod key_filter;

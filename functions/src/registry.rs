@@ -44,9 +44,12 @@ impl Registry {
         registry.register(crate::object::sweep::spec());
         registry.register(crate::object::manifest::spec());
         registry.register(crate::table::convert::spec());
+        registry.register(crate::table::split::spec());
         registry.register(crate::compress::function::decode_spec());
         registry.register(crate::compress::function::encode_spec());
         registry.register(crate::archive::extract::spec());
+        registry.register(crate::json::transform::spec());
+        registry.register(crate::json::split::spec());
         #[cfg(feature = "kafka")]
         registry.register(crate::kafka::produce::spec());
         registry

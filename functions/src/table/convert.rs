@@ -209,6 +209,25 @@ const PARAMS: &[Param] = &[
     },
 ];
 
+/// How `table.split` reads: `table.convert`'s defaults (comma, header, UTF-8, the usual
+/// null texts, inferred types).
+pub fn default_read_options() -> ReadOptions {
+    ReadOptions {
+        format: InputFormat::Auto,
+        delimiter: b',',
+        quote: b'"',
+        header: true,
+        encoding: Encoding::Utf8,
+        null_values: default_nulls().into_iter().map(String::into_bytes).collect(),
+        schema: Vec::new(),
+        columns: Vec::new(),
+        batch_size: batch(),
+        sample_rows: sample(),
+        max_parquet_bytes: 0,
+        expansion: crate::compress::Expansion { max_bytes: four_gib().0, max_ratio: 100 },
+    }
+}
+
 fn one_byte(name: &'static str, text: &str) -> Result<u8, BuildError> {
     match text.as_bytes() {
         [b] if b.is_ascii() => Ok(*b),
@@ -467,8 +486,9 @@ fn json_records(items: Vec<Item>) -> Box<dyn Iterator<Item = JsonLine> + Send> {
     Box::new(items.into_iter().enumerate().map(|(i, item)| {
         let line = item.meta.attribute("offset").and_then(|o| o.parse().ok()).unwrap_or(i as u64 + 1);
         let value = match item.payload {
-            Payload::Json(value) => Ok(value),
-            Payload::Bytes(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}")),
+            Payload::Json(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
+            Payload::Json(_) => Err("not a JSON object".to_string()),
+            Payload::Bytes(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("not a JSON object: {e}")),
             other => Err(format!("a {} payload is not a JSON record", other.kind())),
         };
         Ok((line, value))

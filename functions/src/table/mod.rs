@@ -14,3 +14,4 @@ pub mod rows;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod split;

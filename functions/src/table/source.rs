@@ -103,7 +103,7 @@ enum Kind {
     Json {
         rows: Box<dyn Iterator<Item = JsonLine> + Send>,
         names: Vec<String>,
-        sample: VecDeque<(u64, Result<serde_json::Value, String>)>,
+        sample: VecDeque<(u64, Result<Object, String>)>,
     },
     Parquet {
         reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
@@ -114,7 +114,11 @@ enum Kind {
 
 /// A JSON row: its line (or record index) and the parsed value or why it is not one;
 /// an error reading the input at all (the store failed) stops the input.
-pub type JsonLine = Result<(u64, Result<serde_json::Value, String>), FunctionError>;
+pub type JsonLine = Result<(u64, Result<Object, String>), FunctionError>;
+
+/// A JSON object with its keys in the order written, so columns come out in the
+/// input's order.
+pub type Object = indexmap::IndexMap<String, serde_json::Value>;
 
 pub struct TableReader {
     name: String,
@@ -233,7 +237,7 @@ impl TableReader {
         let mut seen = std::collections::HashSet::new();
         for row in rows.by_ref() {
             let row = row?;
-            if let (_, Ok(serde_json::Value::Object(map))) = &row {
+            if let (_, Ok(map)) = &row {
                 for key in map.keys() {
                     if seen.insert(key.clone()) {
                         names.push(key.clone());
@@ -373,11 +377,15 @@ impl TableReader {
                     let outcome = match value {
                         Err(why) => Err(BadRow { line, error: why, row: String::new() }),
                         Ok(value) => match fields.fill(&value, names) {
-                            Err(why) => Err(BadRow { line, error: why, row: cut(&value.to_string()) }),
+                            Err(why) => Err(BadRow {
+                                line,
+                                error: why,
+                                row: cut(&serde_json::to_string(&value).unwrap_or_default()),
+                            }),
                             Ok(()) => builder.push(&fields).map_err(|why| BadRow {
                                 line,
                                 error: why,
-                                row: cut(&value.to_string()),
+                                row: cut(&serde_json::to_string(&value).unwrap_or_default()),
                             }),
                         },
                     };
@@ -473,10 +481,7 @@ struct JsonRow {
 }
 
 impl JsonRow {
-    fn fill(&mut self, value: &serde_json::Value, names: &[String]) -> Result<(), String> {
-        let serde_json::Value::Object(map) = value else {
-            return Err("not a JSON object".into());
-        };
+    fn fill(&mut self, map: &Object, names: &[String]) -> Result<(), String> {
         self.fields.resize(names.len(), None);
         for (slot, name) in self.fields.iter_mut().zip(names) {
             let buffer = slot.get_or_insert_with(Vec::new);
@@ -556,7 +561,10 @@ impl<R: Read> Iterator for Lines<R> {
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let parsed = serde_json::from_slice(&text).map_err(|e| format!("not JSON: {e}"));
+            let parsed = serde_json::from_slice::<Object>(&text).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => "not a JSON object".to_string(),
+                _ => format!("not JSON: {e}"),
+            });
             return Some(Ok((self.line, parsed)));
         }
     }
