@@ -189,7 +189,9 @@ key = "lake/{{attr.topic}}/{{attr.partition}}/{{attr.first_offset}}-{{attr.last_
 async fn kafka_batches_become_parquet_objects_and_a_redelivered_batch_overwrites_its_own() {
     let broker = Broker::new("events", 1);
     let sandbox = Sandbox::new();
-    let records: Vec<String> = events(20).lines().map(String::from).collect();
+    let mut records: Vec<String> = events(20).lines().map(String::from).collect();
+    // JSON, but not an object: no row of a table. It fails alone; its batch is written.
+    records.push("[1, 2]".into());
     broker.produce("events", 0, records).await;
 
     let run = |group: &'static str| {
@@ -198,14 +200,19 @@ async fn kafka_batches_become_parquet_objects_and_a_redelivered_batch_overwrites
         let broker = &broker;
         async move {
             let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
-            wait_for(WAIT, "all 20 committed", || broker.committed(group, "events", 1) == [20]).await;
+            wait_for(WAIT, "all 21 committed", || broker.committed(group, "events", 1) == [21]).await;
             running.stop().await.unwrap();
         }
     };
     run("first").await;
     let files = sandbox.files_under("lake/events/0");
     let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["0-7.parquet", "16-19.parquet", "8-15.parquet"]);
+    assert_eq!(names, ["0-7.parquet", "16-20.parquet", "8-15.parquet"]);
+    let dead = sandbox.files_under("../state/dead-letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter: serde_json::Value = serde_json::from_slice(&std::fs::read(&dead[0]).unwrap()).unwrap();
+    assert!(letter["error"].as_str().unwrap().contains("not a JSON object"), "{letter}");
+    assert_eq!(letter["event"]["record"]["offset"], 20, "{letter}");
     let mut flights = Vec::new();
     let mut delay_nulls = 0;
     let mut before = Vec::new();

@@ -202,7 +202,7 @@ async fn bad_rows_are_listed_with_their_lines_and_the_good_rows_written() {
     let lines: Vec<u64> = bad.iter().map(|b| b["line"].as_u64().unwrap()).collect();
     assert_eq!(lines, [3, 6, 7, 9], "{listed}");
     assert!(bad[0]["error"].as_str().unwrap().contains("3 fields, expected 2"), "{listed}");
-    assert!(bad[1]["error"].as_str().unwrap().contains("\"x\" is not a int32"), "{listed}");
+    assert!(bad[1]["error"].as_str().unwrap().contains("\"x\" is not int32"), "{listed}");
     assert!(bad[2]["error"].as_str().unwrap().contains("invalid UTF-8"), "{listed}");
     assert!(bad[3]["error"].as_str().unwrap().contains("9999999999"), "{listed}");
     assert!(bad.iter().all(|b| b["input"] == "inbox/numbers.csv"));

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use arrow_array::RecordBatch;
 use serde::Deserialize;
 
 use super::rows::Encoding;
@@ -303,6 +304,8 @@ struct Converted {
     rows: u64,
     bad_rows: u64,
     bad_rows_key: Option<String>,
+    /// A batch's records that failed on their own (by position), with why.
+    failed: Vec<(usize, String)>,
 }
 
 #[async_trait::async_trait]
@@ -334,10 +337,14 @@ impl Function for Convert {
             _ => Item::new(Payload::Empty, item.meta.clone()),
         };
         base.meta.format_ext = Some(self.write.format.ext().to_string());
-        let (input, rows) = match item.payload {
-            Payload::Collection(items) => (Input::Bytes(bytes::Bytes::new()), Some(json_records(items))),
-            _ => (Input::of(&item, ctx)?, None),
+        let (input, rows, labels) = match item.payload {
+            Payload::Collection(items) => {
+                let labels: Vec<String> = items.iter().map(Item::describe).collect();
+                (Input::Bytes(bytes::Bytes::new()), Some(json_records(items)), Some(labels))
+            }
+            _ => (Input::of(&item, ctx)?, None, None),
         };
+        let in_batch = labels.is_some();
         let mut read = self.read.clone();
         read.max_parquet_bytes = ctx.limits.max_input_bytes;
         let write = self.write.clone();
@@ -351,8 +358,15 @@ impl Function for Convert {
                 Some(rows) => TableReader::json(&stage_name, rows, &read)?,
                 None => TableReader::open(&stage_name, Box::new(reader), &read)?,
             };
-            let job =
-                Job { name: &stage_name, ctx: &stage_ctx, base: &stage_base, key: key.as_ref(), write, on_bad_row };
+            let job = Job {
+                name: &stage_name,
+                ctx: &stage_ctx,
+                base: &stage_base,
+                key: key.as_ref(),
+                write,
+                on_bad_row,
+                in_batch,
+            };
             job.run(reader, outputs, &bad_rows_key)
         })
         .await?;
@@ -366,7 +380,7 @@ impl Function for Convert {
             );
         }
         let bucket_url = bucket.as_ref().map(|b| b.url.clone());
-        Ok(converted
+        let outputs: Vec<Item> = converted
             .files
             .into_iter()
             .map(|file| {
@@ -391,7 +405,22 @@ impl Function for Convert {
                     (None, None) => Item::new(Payload::Empty, meta),
                 }
             })
-            .collect())
+            .collect();
+        if converted.failed.is_empty() {
+            return Ok(outputs);
+        }
+        // Like Lambda's batchItemFailures: the good records are written, the bad ones
+        // are dead-lettered on their own.
+        let labels = labels.unwrap_or_default();
+        let failures = converted
+            .failed
+            .into_iter()
+            .map(|(index, why)| {
+                let label = labels.get(index).map(String::as_str).unwrap_or("a record");
+                (index, FunctionError::permanent(format!("{label}: {why}")))
+            })
+            .collect();
+        Err(FunctionError::partial_batch(outputs, failures))
     }
 }
 
@@ -403,12 +432,14 @@ struct Job<'a> {
     key: Option<&'a KeyTemplate>,
     write: WriteOptions,
     on_bad_row: OnBadRow,
+    /// The rows are a batch's records: a bad one fails alone (a partial batch failure).
+    in_batch: bool,
 }
 
 impl Job<'_> {
     fn run(
         self,
-        mut reader: TableReader,
+        reader: TableReader,
         outputs: Outputs,
         bad_rows_key: &KeyTemplate,
     ) -> Result<Converted, FunctionError> {
@@ -427,10 +458,51 @@ impl Job<'_> {
             None => Target::Memory { limit: self.ctx.limits.max_input_bytes },
         };
         let mut sink = TableSink::new(&schema, self.write.clone(), target)?;
+        // Two threads: one parses rows into batches while the other encodes the batch
+        // before, so one conversion uses two cores. Two batches wait between them at most.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let this = &self;
+        let (read, written) = std::thread::scope(|scope| {
+            let reading = scope.spawn(move || this.read_all(reader, tx, outputs, bad_rows_key));
+            let mut written = Ok(());
+            while let Ok(batch) = rx.recv() {
+                if let Err(e) = sink.write(&batch) {
+                    written = Err(e);
+                    break;
+                }
+            }
+            drop(rx);
+            let read = reading.join().unwrap_or_else(|_| Err(FunctionError::permanent("the row reader panicked")));
+            (read, written.and_then(|()| sink.finish()))
+        });
+        // The reader's own failure (a bad row, a failed read) is the cause; a failed
+        // write stops the reader, which then reports what it had read.
+        let read = read?;
+        Ok(Converted {
+            files: written?,
+            rows: read.rows,
+            bad_rows: read.bad_rows,
+            bad_rows_key: read.bad_rows_key,
+            failed: read.failed,
+        })
+    }
+
+    /// Reads every row, sending batches on and handling bad rows per `on_bad_row`.
+    fn read_all(
+        &self,
+        mut reader: TableReader,
+        tx: std::sync::mpsc::SyncSender<RecordBatch>,
+        mut list_outputs: Outputs,
+        bad_rows_key: &KeyTemplate,
+    ) -> Result<Read, FunctionError> {
         let mut listed: Option<(String, ObjectWriter)> = None;
-        let mut list_outputs = outputs;
+        let mut failed = Vec::new();
         let mut on_bad = |bad: BadRow| -> Result<(), FunctionError> {
             match self.on_bad_row {
+                OnBadRow::Fail if self.in_batch => {
+                    failed.push((bad.line.saturating_sub(1) as usize, bad.error));
+                    Ok(())
+                }
                 OnBadRow::Fail => {
                     Err(FunctionError::permanent(format!("{} line {}: {}", self.name, bad.line, bad.error)))
                 }
@@ -454,9 +526,10 @@ impl Job<'_> {
         };
         while let Some(batch) = reader.next_batch(&mut on_bad)? {
             crate::cpu::check(&self.ctx.cancel, self.name)?;
-            sink.write(&batch)?;
+            if tx.send(batch).is_err() {
+                break;
+            }
         }
-        let files = sink.finish()?;
         let bad_rows_key = match listed {
             Some((key, writer)) => {
                 writer.finish().map_err(|e| stream::io_error(&key, e))?;
@@ -464,8 +537,16 @@ impl Job<'_> {
             }
             None => None,
         };
-        Ok(Converted { files, rows: reader.rows, bad_rows: reader.bad_rows, bad_rows_key })
+        Ok(Read { rows: reader.rows, bad_rows: reader.bad_rows, bad_rows_key, failed })
     }
+}
+
+/// What the reading thread saw.
+struct Read {
+    rows: u64,
+    bad_rows: u64,
+    bad_rows_key: Option<String>,
+    failed: Vec<(usize, String)>,
 }
 
 /// The item a batch's output keys are rendered from: its first record's metadata, with
@@ -481,10 +562,11 @@ fn batch_item(items: &[Item]) -> Item {
     Item::new(Payload::Empty, meta)
 }
 
-/// A batch's records as JSON rows; a record's "line" is its offset when it has one.
+/// A batch's records as JSON rows; a record's "line" is its position in the batch,
+/// from 1.
 fn json_records(items: Vec<Item>) -> Box<dyn Iterator<Item = JsonLine> + Send> {
     Box::new(items.into_iter().enumerate().map(|(i, item)| {
-        let line = item.meta.attribute("offset").and_then(|o| o.parse().ok()).unwrap_or(i as u64 + 1);
+        let line = i as u64 + 1;
         let value = match item.payload {
             Payload::Json(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
             Payload::Json(_) => Err("not a JSON object".to_string()),

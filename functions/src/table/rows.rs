@@ -138,7 +138,7 @@ impl BatchBuilder {
                 Some(text) => {
                     let parsed = parse(ty, text).ok_or_else(|| {
                         let shown = String::from_utf8_lossy(&text[..text.len().min(40)]);
-                        format!("column {}: {shown:?} is not a {}", self.columns.names[out], ty.name())
+                        format!("column {}: {shown:?} is not {}", self.columns.names[out], ty.name())
                     })?;
                     if ty == ColumnType::String && self.encoding == Encoding::Utf8 && std::str::from_utf8(text).is_err()
                     {
