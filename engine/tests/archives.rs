@@ -6,11 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{wait_for, Sandbox};
+use common::{dead_letters, wait_for, Sandbox};
 use weir_engine::Engine;
 use weir_functions::Registry;
 
@@ -47,32 +46,6 @@ fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
         writer.write_all(bytes).unwrap();
     }
     writer.finish().unwrap().into_inner()
-}
-
-fn dead_letters(dir: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    let mut out: Vec<(String, String)> = files
-        .iter()
-        .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).ok()?).ok())
-        .map(|r| {
-            (r["event"]["key"].as_str().unwrap_or_default().into(), r["error"].as_str().unwrap_or_default().into())
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 const EXTRACT: &str = r#"

@@ -79,7 +79,7 @@ async fn a_jq_filter_turns_json_lines_into_json_lines_and_a_bad_line_is_named() 
     assert_eq!(got, expected);
     assert_eq!(stats.events_dead_lettered.load(Ordering::SeqCst), 2);
     let mut letters = Vec::new();
-    for entry in walk(&sandbox.bucket().join("dlq")) {
+    for entry in common::files_in(&sandbox.bucket().join("dlq")) {
         let record: serde_json::Value = serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap();
         letters.push(record["error"].as_str().unwrap().to_string());
     }
@@ -87,19 +87,6 @@ async fn a_jq_filter_turns_json_lines_into_json_lines_and_a_bad_line_is_named() 
     assert!(letters[0].starts_with("inbox/broken.jsonl line 3: not JSON"), "{letters:?}");
     assert!(letters[1].starts_with("inbox/typed.jsonl line 1: jq error"), "{letters:?}");
     assert!(!sandbox.bucket().join("late/broken.jsonl").exists(), "a failed input leaves no output");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 const SPLITS: &str = r#"

@@ -7,14 +7,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
 use arrow_array::RecordBatch;
-use common::{wait_for, Sandbox};
+use common::{dead_letters, wait_for, Sandbox};
 use weir_engine::Engine;
 use weir_functions::Registry;
 
@@ -32,32 +32,6 @@ fn read_parquet(path: &Path) -> Vec<RecordBatch> {
         .unwrap()
         .map(|b| b.unwrap())
         .collect()
-}
-
-/// Every dead letter in `dir`, as (key of the event, error).
-fn dead_letters(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    for file in files {
-        let Ok(record) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&file).unwrap()) else { continue };
-        let key = record["event"]["key"].as_str().unwrap_or_default().to_string();
-        out.push((key, record["error"].as_str().unwrap_or_default().to_string()));
-    }
-    out.sort();
-    out
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 /// A flights-like CSV: `rows` rows over two years and three months, nulls as `NA`,

@@ -283,6 +283,28 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every file under `dir`, at any depth.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The dead letters written under `dir` (a dead-letter bucket), as (the event's key,
+/// the error), sorted.
+pub fn dead_letters(dir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = files_in(dir)
+        .iter()
+        .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).ok()?).ok())
+        .map(|r| {
+            (r["event"]["key"].as_str().unwrap_or_default().into(), r["error"].as_str().unwrap_or_default().into())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A UTC time from RFC 3339 text.
 pub fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc)

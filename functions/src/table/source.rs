@@ -3,7 +3,7 @@
 //! rows reported by line.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -166,8 +166,8 @@ impl TableReader {
         match format {
             InputFormat::Parquet => Self::parquet(name, input, options),
             InputFormat::Json => {
-                let lines =
-                    Lines { reader: BufReader::with_capacity(256 << 10, input), line: 0, name: name.to_string() };
+                let reader = BufReader::with_capacity(256 << 10, input);
+                let lines = Lines { lines: crate::json::lines::Lines::new(reader), name: name.to_string() };
                 Self::json(name, Box::new(lines), options)
             }
             _ => Self::csv(name, input, options),
@@ -508,13 +508,9 @@ impl Row for JsonRow {
     }
 }
 
-/// The largest JSON line kept; a longer one is a bad row.
-pub const MAX_LINE_BYTES: usize = 8 << 20;
-
-/// Lines of a byte stream, each capped at [`MAX_LINE_BYTES`], parsed as JSON.
+/// JSON lines of a byte stream as rows: `crate::json::lines` numbers and caps them.
 struct Lines<R> {
-    reader: BufReader<R>,
-    line: u64,
+    lines: crate::json::lines::Lines<BufReader<R>>,
     name: String,
 }
 
@@ -522,50 +518,18 @@ impl<R: Read> Iterator for Lines<R> {
     type Item = JsonLine;
 
     fn next(&mut self) -> Option<JsonLine> {
-        loop {
-            let mut text = Vec::new();
-            let mut oversized = false;
-            let mut any = false;
-            loop {
-                let buf = match self.reader.fill_buf() {
-                    Ok(buf) => buf,
-                    Err(e) => return Some(Err(io_error(&self.name, e))),
-                };
-                if buf.is_empty() {
-                    break;
-                }
-                any = true;
-                let (piece, done) = match memchr::memchr(b'\n', buf) {
-                    Some(at) => (&buf[..at], Some(at + 1)),
-                    None => (buf, None),
-                };
-                if text.len() + piece.len() > MAX_LINE_BYTES {
-                    oversized = true;
-                    text.clear();
-                } else {
-                    text.extend_from_slice(piece);
-                }
-                let used = done.unwrap_or(buf.len());
-                self.reader.consume(used);
-                if done.is_some() {
-                    break;
-                }
-            }
-            if !any {
-                return None;
-            }
-            self.line += 1;
-            if oversized {
-                return Some(Ok((self.line, Err(format!("longer than {MAX_LINE_BYTES} bytes")))));
-            }
-            if text.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let parsed = serde_json::from_slice::<Object>(&text).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => "not a JSON object".to_string(),
-                _ => format!("not JSON: {e}"),
-            });
-            return Some(Ok((self.line, parsed)));
-        }
+        let line = match self.lines.next_line() {
+            Err(e) => return Some(Err(io_error(&self.name, e))),
+            Ok(line) => line?,
+        };
+        let Some(text) = line.text else {
+            let limit = crate::json::lines::MAX_LINE_BYTES;
+            return Some(Ok((line.number, Err(format!("longer than {limit} bytes")))));
+        };
+        let parsed = serde_json::from_slice::<Object>(&text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => "not a JSON object".to_string(),
+            _ => format!("not JSON: {e}"),
+        });
+        Some(Ok((line.number, parsed)))
     }
 }
