@@ -355,7 +355,7 @@ impl Function for Convert {
         let sink = Sink { bucket: bucket.clone(), emitter: None };
         let (converted, _) = stream::run(input, sink, move |reader, outputs| {
             let reader = match rows {
-                Some(rows) => TableReader::json(&stage_name, rows, &read)?,
+                Some(rows) => TableReader::json(&stage_name, rows, &read, None)?,
                 None => TableReader::open(&stage_name, Box::new(reader), &read)?,
             };
             let job = Job {

@@ -68,6 +68,13 @@ pub struct OwnedRecord {
     ends: Vec<usize>,
 }
 
+impl OwnedRecord {
+    /// The bytes it holds.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.ends.len() * std::mem::size_of::<usize>()
+    }
+}
+
 impl Row for OwnedRecord {
     fn width(&self) -> usize {
         self.ends.len()

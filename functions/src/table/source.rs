@@ -83,6 +83,10 @@ pub struct ReadOptions {
     pub expansion: crate::compress::Expansion,
 }
 
+/// The most row bytes kept for type inference, whatever `sample_rows` says: a
+/// thousand 8 MiB rows must not become 8 GiB of sample.
+pub const SAMPLE_BYTES: usize = 16 << 20;
+
 /// One bad row.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BadRow {
@@ -167,8 +171,10 @@ impl TableReader {
             InputFormat::Parquet => Self::parquet(name, input, options),
             InputFormat::Json => {
                 let reader = BufReader::with_capacity(256 << 10, input);
-                let lines = Lines { lines: crate::json::lines::Lines::new(reader), name: name.to_string() };
-                Self::json(name, Box::new(lines), options)
+                let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let lines =
+                    Lines { lines: crate::json::lines::Lines::new(reader), name: name.to_string(), read: read.clone() };
+                Self::json(name, Box::new(lines), options, Some(read))
             }
             _ => Self::csv(name, input, options),
         }
@@ -192,9 +198,14 @@ impl TableReader {
             }
             names = (0..header.width()).map(|i| decode(header.field(i).unwrap_or_default())).collect();
         }
-        while sample.len() < options.sample_rows {
+        let mut sampled = 0;
+        while sample.len() < options.sample_rows && sampled < SAMPLE_BYTES {
             match reader.next_record().map_err(|e| io_error(name, e))? {
-                Some(record) => sample.push_back(record.to_owned()),
+                Some(record) => {
+                    let record = record.to_owned();
+                    sampled += record.size();
+                    sample.push_back(record);
+                }
                 None => break,
             }
         }
@@ -227,10 +238,13 @@ impl TableReader {
     }
 
     /// JSON rows from any source: lines of a byte stream, or the records of a batch.
+    /// JSON rows; `read` counts the bytes of the lines read so far, to bound the sample
+    /// (None when the rows are already in memory).
     pub fn json(
         name: &str,
         mut rows: Box<dyn Iterator<Item = JsonLine> + Send>,
         options: &ReadOptions,
+        read: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     ) -> Result<Self, FunctionError> {
         let mut sample = VecDeque::new();
         let mut names: Vec<String> = Vec::new();
@@ -245,7 +259,8 @@ impl TableReader {
                 }
             }
             sample.push_back(row);
-            if sample.len() >= options.sample_rows {
+            let sampled = read.as_ref().map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
+            if sample.len() >= options.sample_rows || sampled >= SAMPLE_BYTES {
                 break;
             }
         }
@@ -512,6 +527,8 @@ impl Row for JsonRow {
 struct Lines<R> {
     lines: crate::json::lines::Lines<BufReader<R>>,
     name: String,
+    /// Bytes of the lines returned so far.
+    read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<R: Read> Iterator for Lines<R> {
@@ -522,6 +539,8 @@ impl<R: Read> Iterator for Lines<R> {
             Err(e) => return Some(Err(io_error(&self.name, e))),
             Ok(line) => line?,
         };
+        let size = line.text.as_ref().map_or(crate::json::lines::MAX_LINE_BYTES, Vec::len);
+        self.read.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let Some(text) = line.text else {
             let limit = crate::json::lines::MAX_LINE_BYTES;
             return Some(Ok((line.number, Err(format!("longer than {limit} bytes")))));
