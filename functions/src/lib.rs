@@ -29,6 +29,7 @@ pub mod json;
 pub mod kafka;
 pub mod key_filter;
 pub mod object;
+pub mod ordered;
 pub mod registry;
 pub mod store;
 pub mod stream;

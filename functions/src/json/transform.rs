@@ -11,7 +11,7 @@ use jaq_core::{Compiler, Ctx, Vars};
 use jaq_json::Val;
 use serde::Deserialize;
 
-use super::lines::Lines;
+use super::lines::{Line, Lines};
 use crate::stream::{self, io_error, Input, Outputs, Sink};
 use crate::template::KeyTemplate;
 use crate::{BuildError, Context, Emitter, Function, FunctionError, FunctionSpec, Item, Param, Payload};
@@ -125,6 +125,52 @@ fn run(filter: &Filter, input: Val, out: &mut dyn FnMut(Val) -> Result<(), Funct
     Ok(())
 }
 
+/// Lines per piece of a JSON-lines input handed to the CPU pool, and the most bytes.
+const PIECE_LINES: usize = 4096;
+const PIECE_BYTES: usize = 1 << 20;
+
+/// What the filter made of a piece of lines.
+struct Piece {
+    /// The values as JSON lines (when writing one object).
+    text: Vec<u8>,
+    /// The values with their input line (when each is an item).
+    values: Vec<(u64, serde_json::Value)>,
+    count: u64,
+    /// The line that failed the input (with `on_error = "fail"`) and why; the piece's
+    /// values before it are kept.
+    failed: Option<(u64, String)>,
+}
+
+/// Runs the filter over each line of a piece, on a CPU-pool thread (jaq's values
+/// never leave it).
+fn filter_piece(filter: &Filter, lines: Vec<Line>, as_lines: bool, on_error: OnError) -> Piece {
+    let mut piece = Piece { text: Vec::new(), values: Vec::new(), count: 0, failed: None };
+    for line in lines {
+        let parsed = match &line.text {
+            None => Err(format!("longer than {} bytes", super::lines::MAX_LINE_BYTES)),
+            Some(text) => jaq_json::read::parse_single(text).map_err(|e| format!("not JSON: {e}")),
+        };
+        let outcome = parsed.and_then(|value| {
+            run(filter, value, &mut |v| {
+                piece.count += 1;
+                if as_lines {
+                    to_line(&v, &mut piece.text);
+                } else {
+                    piece.values.push((line.number, to_json(&v)?));
+                }
+                Ok(())
+            })
+        });
+        if let Err(why) = outcome {
+            if on_error == OnError::Fail {
+                piece.failed = Some((line.number, why));
+                break;
+            }
+        }
+    }
+    piece
+}
+
 fn to_line(value: &Val, buffer: &mut Vec<u8>) {
     let _ = jaq_json::write::write(buffer, &jaq_json::write::Pp::default(), 0, value);
     buffer.push(b'\n');
@@ -170,54 +216,53 @@ impl Transform {
                 (self.filter.clone(), self.on_error, item.meta.clone(), ctx.cancel.clone());
             let (written, produced) =
                 stream::run(input, Sink { bucket, emitter }, move |reader, mut outputs: Outputs| {
-                    let mut lines = Lines::new(BufReader::with_capacity(256 << 10, reader));
                     let mut object = match &key {
                         Some(key) => Some(outputs.open(key.clone()).map_err(|e| io_error(key, e))?),
                         None => None,
                     };
-                    let mut buffer = Vec::with_capacity(1 << 16);
-                    let mut count = 0u64;
-                    while let Some(line) = lines.next_line().map_err(|e| io_error(&name, e))? {
-                        if line.number % 4096 == 0 {
-                            crate::cpu::check(&cancel, &name)?;
-                        }
-                        let parsed = match &line.text {
-                            None => Err(format!("longer than {} bytes", super::lines::MAX_LINE_BYTES)),
-                            Some(text) => jaq_json::read::parse_single(text).map_err(|e| format!("not JSON: {e}")),
-                        };
-                        let outcome = parsed.and_then(|value| {
-                            run(&filter, value, &mut |v| {
-                                count += 1;
-                                match &mut object {
-                                    Some(_) => {
-                                        to_line(&v, &mut buffer);
-                                        Ok(())
-                                    }
-                                    None => {
-                                        let json = to_json(&v)?;
-                                        let mut meta = meta.clone();
-                                        meta.attributes.insert("line".into(), line.number.to_string());
-                                        outputs
-                                            .emit(Item::new(Payload::Json(json), meta))
-                                            .map_err(|e| io_error(&name, e))
-                                    }
+                    // Lines are read in pieces on one thread and filtered in the CPU pool,
+                    // the pieces' values written in input order.
+                    let mut lines = Lines::new(BufReader::with_capacity(256 << 10, reader));
+                    let reader_name = name.clone();
+                    let read = move || {
+                        crate::cpu::check(&cancel, &reader_name)?;
+                        let mut piece = Vec::new();
+                        let mut bytes = 0;
+                        while piece.len() < PIECE_LINES && bytes < PIECE_BYTES {
+                            match lines.next_line().map_err(|e| io_error(&reader_name, e))? {
+                                Some(line) => {
+                                    bytes += line.text.as_ref().map_or(0, Vec::len);
+                                    piece.push(line);
                                 }
-                            })
-                        });
-                        if let Err(why) = outcome {
-                            if on_error == OnError::Fail {
-                                return Err(FunctionError::permanent(format!("{name} line {}: {why}", line.number)));
+                                None => return Ok((piece, true)),
                             }
                         }
-                        if let Some(object) = &mut object {
-                            if buffer.len() >= 1 << 16 {
-                                object.write_all(&buffer).map_err(|e| io_error(&name, e))?;
-                                buffer.clear();
+                        Ok((piece, false))
+                    };
+                    let as_lines = object.is_some();
+                    let work = move |piece: Vec<Line>| filter_piece(&filter, piece, as_lines, on_error);
+                    let pieces = crate::ordered::Ordered::start(read, work);
+                    let mut count = 0u64;
+                    for piece in pieces {
+                        let piece = piece?;
+                        count += piece.count;
+                        match &mut object {
+                            Some(object) => object.write_all(&piece.text).map_err(|e| io_error(&name, e))?,
+                            None => {
+                                for (line, json) in piece.values {
+                                    let mut meta = meta.clone();
+                                    meta.attributes.insert("line".into(), line.to_string());
+                                    outputs
+                                        .emit(Item::new(Payload::Json(json), meta))
+                                        .map_err(|e| io_error(&name, e))?;
+                                }
                             }
+                        }
+                        if let Some((line, why)) = piece.failed {
+                            return Err(FunctionError::permanent(format!("{name} line {line}: {why}")));
                         }
                     }
-                    if let (Some(mut object), Some(key)) = (object, key) {
-                        object.write_all(&buffer).map_err(|e| io_error(&key, e))?;
+                    if let (Some(object), Some(key)) = (object, key) {
                         object.finish().map_err(|e| io_error(&key, e))?;
                         return Ok(Some((key, count)));
                     }

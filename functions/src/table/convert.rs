@@ -458,8 +458,9 @@ impl Job<'_> {
             None => Target::Memory { limit: self.ctx.limits.max_input_bytes },
         };
         let mut sink = TableSink::new(&schema, self.write.clone(), target)?;
-        // Two threads: one parses rows into batches while the other encodes the batch
-        // before, so one conversion uses two cores. Two batches wait between them at most.
+        // The reader's batches (rows split on its own thread, typed in the CPU pool, see
+        // `source`) are encoded here while the next ones are read. Two batches wait
+        // between them at most.
         let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
         let this = &self;
         let (read, written) = std::thread::scope(|scope| {

@@ -6,8 +6,6 @@
 
 use std::io::{self, Read};
 
-use super::rows::Row;
-
 /// The largest record kept; a longer one is reported as bad and skipped.
 pub const MAX_RECORD_BYTES: usize = 8 << 20;
 /// The most fields a record may have.
@@ -40,47 +38,17 @@ pub struct Record<'a> {
     ends: &'a [usize],
 }
 
-impl Row for Record<'_> {
-    fn width(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn field(&self, index: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        Some(&self.data[start..end])
-    }
-}
-
 impl Record<'_> {
-    /// The record's fields, copied (a sample kept for inference).
-    pub fn to_owned(&self) -> OwnedRecord {
-        OwnedRecord { line: self.line, oversized: self.oversized, data: self.data.to_vec(), ends: self.ends.to_vec() }
+    /// The fields end to end, and where each ends.
+    pub fn joined(&self) -> (&[u8], &[usize]) {
+        (self.data, self.ends)
     }
-}
 
-/// A record kept beyond the next read.
-#[derive(Debug, Clone)]
-pub struct OwnedRecord {
-    pub line: u64,
-    pub oversized: bool,
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl OwnedRecord {
-    /// The bytes it holds.
-    pub fn size(&self) -> usize {
-        self.data.len() + self.ends.len() * std::mem::size_of::<usize>()
-    }
-}
-
-impl Row for OwnedRecord {
-    fn width(&self) -> usize {
+    pub fn width(&self) -> usize {
         self.ends.len()
     }
 
-    fn field(&self, index: usize) -> Option<&[u8]> {
+    pub fn field(&self, index: usize) -> Option<&[u8]> {
         let end = *self.ends.get(index)?;
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
         Some(&self.data[start..end])

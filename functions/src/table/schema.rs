@@ -108,7 +108,7 @@ pub fn parse(ty: ColumnType, text: &[u8]) -> Option<Value> {
     }
 }
 
-fn parse_bool(text: &[u8]) -> Option<bool> {
+pub(super) fn parse_bool(text: &[u8]) -> Option<bool> {
     if text.eq_ignore_ascii_case(b"true") {
         Some(true)
     } else if text.eq_ignore_ascii_case(b"false") {
@@ -118,7 +118,7 @@ fn parse_bool(text: &[u8]) -> Option<bool> {
     }
 }
 
-fn parse_int(text: &[u8]) -> Option<i64> {
+pub(super) fn parse_int(text: &[u8]) -> Option<i64> {
     let (negative, digits) = match text.first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),
@@ -138,7 +138,7 @@ fn parse_int(text: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-fn parse_float(text: &[u8]) -> Option<f64> {
+pub(super) fn parse_float(text: &[u8]) -> Option<f64> {
     lexical_core::parse::<f64>(text).ok()
 }
 
@@ -153,7 +153,7 @@ fn digits(text: &[u8]) -> Option<i64> {
 }
 
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
-fn parse_date(text: &[u8]) -> Option<i64> {
+pub(super) fn parse_date(text: &[u8]) -> Option<i64> {
     if text.len() != 10 || text[4] != b'-' || text[7] != b'-' {
         return None;
     }
@@ -178,7 +178,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
 }
 
 /// `YYYY-MM-DD[ T]HH:MM[:SS[.fraction]][Z|±HH:MM]`, or a date alone (midnight), in `unit`.
-fn parse_timestamp(text: &[u8], unit: TimeUnit) -> Option<i64> {
+pub(super) fn parse_timestamp(text: &[u8], unit: TimeUnit) -> Option<i64> {
     let per_second: i64 = match unit {
         TimeUnit::Second => 1,
         TimeUnit::Millisecond => 1_000,

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema};
 
-use super::csv::{CsvReader, OwnedRecord};
-use super::rows::{BatchBuilder, Encoding, Row};
+use super::block::{Block, Spares, MAX_BLOCK_BYTES};
+use super::csv::CsvReader;
+pub use super::rows::BadRow;
+use super::rows::{Encoding, Typed, Typer};
 use super::schema::{ColumnType, Columns, Inference};
+use crate::ordered::Ordered;
 use crate::stream::io_error;
 use crate::FunctionError;
 
@@ -87,33 +90,30 @@ pub struct ReadOptions {
 /// thousand 8 MiB rows must not become 8 GiB of sample.
 pub const SAMPLE_BYTES: usize = 16 << 20;
 
-/// One bad row.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BadRow {
-    pub line: u64,
-    pub error: String,
-    /// The row's fields (or text), cut to 1 KiB.
-    pub row: String,
-}
-
 /// What a reader calls with each bad row; an error stops the input.
 pub type OnBad<'a> = dyn FnMut(BadRow) -> Result<(), FunctionError> + 'a;
 
 enum Kind {
     Csv {
         reader: Box<CsvReader<Box<dyn Read + Send>>>,
-        sample: VecDeque<OwnedRecord>,
+        /// Blocks read for the sample, typed first.
+        queued: VecDeque<Block>,
+        /// The reader reached the end of the input.
+        ended: bool,
     },
     Json {
         rows: Box<dyn Iterator<Item = JsonLine> + Send>,
         names: Vec<String>,
         sample: VecDeque<(u64, Result<Object, String>)>,
+        fields: JsonRow,
     },
     Parquet {
         reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
         projection: Vec<usize>,
         schema: Arc<Schema>,
     },
+    /// CSV or JSON rows being read on their own thread and typed in the CPU pool.
+    Typing(Ordered<Typed>),
 }
 
 /// A JSON row: its line (or record index) and the parsed value or why it is not one;
@@ -127,16 +127,11 @@ pub type Object = indexmap::IndexMap<String, serde_json::Value>;
 pub struct TableReader {
     name: String,
     kind: Kind,
-    builder: Option<BatchBuilder>,
+    /// What types CSV and JSON rows; Parquet arrives typed.
+    typer: Option<Arc<Typer>>,
+    batch_size: usize,
     pub rows: u64,
     pub bad_rows: u64,
-}
-
-fn cut(text: &str) -> String {
-    match text.char_indices().nth(1024) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
 }
 
 impl TableReader {
@@ -187,7 +182,6 @@ impl TableReader {
             Encoding::Latin1 => bytes.iter().map(|&b| b as char).collect(),
         };
         let mut names = Vec::new();
-        let mut sample = VecDeque::new();
         if options.header {
             let header = reader
                 .next_record()
@@ -198,43 +192,49 @@ impl TableReader {
             }
             names = (0..header.width()).map(|i| decode(header.field(i).unwrap_or_default())).collect();
         }
-        let mut sampled = 0;
-        while sample.len() < options.sample_rows && sampled < SAMPLE_BYTES {
-            match reader.next_record().map_err(|e| io_error(name, e))? {
-                Some(record) => {
-                    let record = record.to_owned();
-                    sampled += record.size();
-                    sample.push_back(record);
-                }
-                None => break,
-            }
+        let mut queued = VecDeque::new();
+        let (mut rows, mut bytes, mut ended) = (0, 0, false);
+        while rows < options.sample_rows && bytes < SAMPLE_BYTES && !ended {
+            let limit = (options.sample_rows - rows).min(options.batch_size);
+            let block;
+            (block, ended) =
+                fill_csv(&mut reader, Block::with_capacity(limit), limit).map_err(|e| io_error(name, e))?;
+            rows += block.len();
+            bytes += block.bytes();
+            queued.push_back(block);
         }
+        let sample = || queued.iter().flat_map(|b| (0..b.len()).map(move |row| (b, row)));
         if !options.header {
-            let width = sample.front().map(|r| r.width()).unwrap_or(0);
+            let width = sample().find(|(b, row)| b.known_bad(*row).is_none()).map_or(0, |(b, row)| b.width(row));
             names = (1..=width).map(|i| format!("column_{i}")).collect();
         }
-        if sample.is_empty() {
+        if rows == 0 {
             return Err(FunctionError::permanent(format!("{name} has a header but no rows")));
         }
         let names = unique_names(names);
         let mut inference = vec![Inference::default(); names.len()];
-        for record in sample.iter().filter(|r| r.width() == names.len()) {
+        for (block, row) in sample().filter(|(b, row)| b.known_bad(*row).is_none() && b.width(*row) == names.len()) {
             for (i, infer) in inference.iter_mut().enumerate() {
-                let text = record.field(i).unwrap_or_default();
+                let text = block.field(row, i).unwrap_or_default();
                 if !options.null_values.iter().any(|n| n.as_slice() == text) {
                     infer.observe(text);
                 }
             }
         }
         let types = inference.iter().map(Inference::result).collect();
-        let builder = build(name, &names, types, options)?;
-        Ok(Self {
+        let typer = build(name, &names, types, options)?;
+        Ok(Self::typed(name, Kind::Csv { reader: Box::new(reader), queued, ended }, typer, options))
+    }
+
+    fn typed(name: &str, kind: Kind, typer: Typer, options: &ReadOptions) -> Self {
+        Self {
             name: name.to_string(),
-            kind: Kind::Csv { reader: Box::new(reader), sample },
-            builder: Some(builder),
+            kind,
+            typer: Some(Arc::new(typer)),
+            batch_size: options.batch_size,
             rows: 0,
             bad_rows: 0,
-        })
+        }
     }
 
     /// JSON rows from any source: lines of a byte stream, or the records of a batch.
@@ -274,26 +274,19 @@ impl TableReader {
         let mut fields = JsonRow::default();
         for (_, value) in &sample {
             if let Ok(value) = value {
-                if fields.fill(value, &names).is_ok() {
-                    for (i, infer) in inference.iter_mut().enumerate() {
-                        if let Some(text) = fields.field(i) {
-                            if !options.null_values.iter().any(|n| n.as_slice() == text) {
-                                infer.observe(text);
-                            }
+                fields.fill(value, &names);
+                for (i, infer) in inference.iter_mut().enumerate() {
+                    if let Some(text) = fields.field(i) {
+                        if !options.null_values.iter().any(|n| n.as_slice() == text) {
+                            infer.observe(text);
                         }
                     }
                 }
             }
         }
         let types = inference.iter().map(Inference::result).collect();
-        let builder = build(name, &names, types, options)?;
-        Ok(Self {
-            name: name.to_string(),
-            kind: Kind::Json { rows, names, sample },
-            builder: Some(builder),
-            rows: 0,
-            bad_rows: 0,
-        })
+        let typer = build(name, &names, types, options)?;
+        Ok(Self::typed(name, Kind::Json { rows, names, sample, fields }, typer, options))
     }
 
     fn parquet(name: &str, input: Box<dyn Read + Send>, options: &ReadOptions) -> Result<Self, FunctionError> {
@@ -331,16 +324,17 @@ impl TableReader {
         Ok(Self {
             name: name.to_string(),
             kind: Kind::Parquet { reader, projection, schema: Arc::new(Schema::new(fields)) },
-            builder: None,
+            typer: None,
+            batch_size: options.batch_size,
             rows: 0,
             bad_rows: 0,
         })
     }
 
     pub fn schema(&self) -> Arc<Schema> {
-        match (&self.kind, &self.builder) {
+        match (&self.kind, &self.typer) {
             (Kind::Parquet { schema, .. }, _) => schema.clone(),
-            (_, Some(builder)) => builder.columns().arrow(),
+            (_, Some(typer)) => typer.columns().arrow(),
             _ => Arc::new(Schema::empty()),
         }
     }
@@ -360,73 +354,95 @@ impl TableReader {
                     Ok(Some(batch))
                 }
             },
-            Kind::Csv { reader, sample } => {
-                let builder = self.builder.as_mut().expect("csv has a builder");
-                while !builder.is_full() {
-                    let outcome = if let Some(record) = sample.pop_front() {
-                        push(builder, &record, record.line, record.oversized)
-                    } else {
-                        match reader.next_record().map_err(|e| io_error(name, e))? {
-                            None => break,
-                            Some(record) => push(builder, &record, record.line, record.oversized),
-                        }
-                    };
-                    if let Err(bad) = outcome {
-                        self.bad_rows += 1;
-                        on_bad(bad)?;
-                    }
-                }
-                let batch = builder.finish();
-                self.rows += batch.as_ref().map_or(0, |b| b.num_rows() as u64);
-                Ok(batch)
+            _ => self.next_typed(on_bad),
+        }
+    }
+
+    /// Typed blocks in input order; reading starts (on its own thread) at the first
+    /// call. A block of only bad rows yields no batch, so this goes on.
+    fn next_typed(&mut self, on_bad: &mut OnBad<'_>) -> Result<Option<RecordBatch>, FunctionError> {
+        if let (Some(typer), false) = (&self.typer, matches!(self.kind, Kind::Typing(_))) {
+            let mut kind = std::mem::replace(&mut self.kind, Kind::Typing(Ordered::empty()));
+            let (batch_size, name, typer) = (self.batch_size, self.name.clone(), typer.clone());
+            let spares = Spares::default();
+            let given = spares.clone();
+            let read = move || kind.next_block(batch_size, &name, &spares);
+            let work = move |block: Block| {
+                let typed = typer.type_block(&block);
+                given.give(block);
+                typed
+            };
+            self.kind = Kind::Typing(Ordered::start(read, work));
+        }
+        let Kind::Typing(typing) = &mut self.kind else { return Ok(None) };
+        for typed in typing {
+            let typed = typed?;
+            for bad in typed.bad {
+                self.bad_rows += 1;
+                on_bad(bad)?;
             }
-            Kind::Json { rows, names, sample } => {
-                let builder = self.builder.as_mut().expect("json has a builder");
-                let mut fields = JsonRow::default();
-                while !builder.is_full() {
+            if let Some(batch) = typed.batch {
+                self.rows += batch.num_rows() as u64;
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Kind {
+    /// The next block of rows, and whether it is the last.
+    fn next_block(&mut self, batch_size: usize, name: &str, spares: &Spares) -> Result<(Block, bool), FunctionError> {
+        match self {
+            Kind::Csv { reader, queued, ended } => match queued.pop_front() {
+                Some(block) => Ok((block, *ended && queued.is_empty())),
+                None if *ended => Ok((Block::default(), true)),
+                None => {
+                    let block;
+                    (block, *ended) =
+                        fill_csv(reader, spares.take(batch_size), batch_size).map_err(|e| io_error(name, e))?;
+                    Ok((block, *ended))
+                }
+            },
+            Kind::Json { rows, names, sample, fields } => {
+                let mut block = spares.take(batch_size);
+                while block.len() < batch_size && block.bytes() < MAX_BLOCK_BYTES {
                     let next = match sample.pop_front() {
                         Some(row) => Some(row),
                         None => rows.next().transpose()?,
                     };
-                    let Some((line, value)) = next else { break };
-                    let outcome = match value {
-                        Err(why) => Err(BadRow { line, error: why, row: String::new() }),
-                        Ok(value) => match fields.fill(&value, names) {
-                            Err(why) => Err(BadRow {
-                                line,
-                                error: why,
-                                row: cut(&serde_json::to_string(&value).unwrap_or_default()),
-                            }),
-                            Ok(()) => builder.push(&fields).map_err(|why| BadRow {
-                                line,
-                                error: why,
-                                row: cut(&serde_json::to_string(&value).unwrap_or_default()),
-                            }),
-                        },
-                    };
-                    if let Err(bad) = outcome {
-                        self.bad_rows += 1;
-                        on_bad(bad)?;
+                    let Some((line, value)) = next else { return Ok((block, true)) };
+                    match value {
+                        Err(why) => block.push_bad(line, why, String::new()),
+                        Ok(object) => {
+                            fields.fill(&object, names);
+                            block.push_row(line, fields.fields.iter().map(Option::as_deref));
+                        }
                     }
                 }
-                let batch = builder.finish();
-                self.rows += batch.as_ref().map_or(0, |b| b.num_rows() as u64);
-                Ok(batch)
+                Ok((block, false))
             }
+            Kind::Parquet { .. } | Kind::Typing(_) => Ok((Block::default(), true)),
         }
     }
 }
 
-fn push(builder: &mut BatchBuilder, row: &dyn Row, line: u64, oversized: bool) -> Result<(), BadRow> {
-    if oversized {
-        let error = format!("longer than {} bytes", super::csv::MAX_RECORD_BYTES);
-        return Err(BadRow { line, error, row: String::new() });
+/// Up to `limit` CSV records as a block, and whether the input ended.
+fn fill_csv<R: Read>(reader: &mut CsvReader<R>, mut block: Block, limit: usize) -> io::Result<(Block, bool)> {
+    while block.len() < limit && block.bytes() < MAX_BLOCK_BYTES {
+        match reader.next_record()? {
+            None => return Ok((block, true)),
+            Some(record) if record.oversized => {
+                let error = format!("longer than {} bytes", super::csv::MAX_RECORD_BYTES);
+                block.push_bad(record.line, error, String::new());
+            }
+            Some(record) => {
+                let (data, ends) = record.joined();
+                block.push_joined(record.line, data, ends);
+            }
+        }
     }
-    builder.push(row).map_err(|error| {
-        let fields: Vec<String> =
-            (0..row.width()).map(|i| String::from_utf8_lossy(row.field(i).unwrap_or_default()).into_owned()).collect();
-        BadRow { line, error, row: cut(&serde_json::to_string(&fields).unwrap_or_default()) }
-    })
+    Ok((block, false))
 }
 
 /// Renames duplicate or empty header names so every column can be addressed.
@@ -455,7 +471,7 @@ fn build(
     names: &[String],
     mut types: Vec<ColumnType>,
     options: &ReadOptions,
-) -> Result<BatchBuilder, FunctionError> {
+) -> Result<Typer, FunctionError> {
     for (column, ty) in &options.schema {
         let index = names.iter().position(|n| n == column).ok_or_else(|| {
             FunctionError::permanent(format!(
@@ -479,14 +495,7 @@ fn build(
     };
     let out_types = sources.iter().map(|&i| types[i]).collect();
     let columns = Columns { names: out_names, types: out_types };
-    Ok(BatchBuilder::new(
-        columns,
-        sources,
-        names.len(),
-        options.encoding,
-        options.null_values.clone(),
-        options.batch_size,
-    ))
+    Ok(Typer::new(columns, sources, names.len(), options.encoding, options.null_values.clone()))
 }
 
 /// A JSON object's fields as text, in the table's column order.
@@ -496,7 +505,7 @@ struct JsonRow {
 }
 
 impl JsonRow {
-    fn fill(&mut self, map: &Object, names: &[String]) -> Result<(), String> {
+    fn fill(&mut self, map: &Object, names: &[String]) {
         self.fields.resize(names.len(), None);
         for (slot, name) in self.fields.iter_mut().zip(names) {
             let buffer = slot.get_or_insert_with(Vec::new);
@@ -509,13 +518,6 @@ impl JsonRow {
                 Some(other) => buffer.extend_from_slice(other.to_string().as_bytes()),
             }
         }
-        Ok(())
-    }
-}
-
-impl Row for JsonRow {
-    fn width(&self) -> usize {
-        self.fields.len()
     }
 
     fn field(&self, index: usize) -> Option<&[u8]> {
