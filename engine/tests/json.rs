@@ -233,3 +233,42 @@ async fn kafka_batches_become_parquet_objects_and_a_redelivered_batch_overwrites
         assert!(std::fs::metadata(path).unwrap().modified().unwrap() > modified, "{path:?} was written again");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hourly_key_splits_a_batch_at_the_hour_of_its_records() {
+    let broker = Broker::new("events", 1);
+    let sandbox = Sandbox::new();
+    // 2026-12-03T10:59:57Z: three records in hour 10, then four in hour 11, one batch.
+    let start = 1_796_295_597_000i64;
+    let records: Vec<(i64, String)> =
+        events(7).lines().enumerate().map(|(i, line)| (start + i as i64 * 1000, line.to_string())).collect();
+    broker.produce_at("events", 0, &records).await;
+    let pipeline = kafka_pipeline(&broker.servers(), "hourly").replace(
+        "lake/{attr.topic}/{attr.partition}/{attr.first_offset}-{attr.last_offset}.parquet",
+        "lake/{attr.topic}/date={attr.date}/hour={attr.hour}/{attr.partition}-{attr.first_offset}-{attr.last_offset}.parquet",
+    );
+    let file = sandbox.pipeline("sink", &pipeline);
+    let engine = engine(&sandbox);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    wait_for(WAIT, "all 7 committed", || broker.committed("hourly", "events", 1) == [7]).await;
+    running.stop().await.unwrap();
+
+    let files = sandbox.files_under("lake/events");
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.strip_prefix(sandbox.bucket().join("lake/events")).unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["date=2026-12-03/hour=10/0-0-2.parquet", "date=2026-12-03/hour=11/0-3-6.parquet"]);
+    let rows: Vec<usize> = files
+        .iter()
+        .map(|path| {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|batch| batch.unwrap().num_rows())
+                .sum()
+        })
+        .collect();
+    assert_eq!(rows, [3, 4]);
+}

@@ -40,6 +40,15 @@ impl Broker {
         }
     }
 
+    /// Produces `(timestamp in ms, payload)` records to one partition, in order, with
+    /// those CreateTime timestamps.
+    pub async fn produce_at(&self, topic: &str, partition: i32, records: &[(i64, String)]) {
+        for (timestamp, payload) in records {
+            let record = FutureRecord::to(topic).partition(partition).key("k").payload(payload).timestamp(*timestamp);
+            self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        }
+    }
+
     pub async fn produce_keyed(&self, topic: &str, partition: i32, key: &str, payload: &str) {
         let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
         self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();

@@ -129,7 +129,9 @@ const PARAMS: &[Param] = &[
         default: Some("none: pass the file on as bytes"),
         doc: "Where to stream each output file, e.g. \"lake/{stem}/{attr.hive}/part-{attr.part}.parquet\". \
               {attr.hive} is the partition's path (year=2013/month=1), {attr.part} its file number; after a \
-              Kafka batch, {attr.first_offset} and {attr.last_offset} name the batch.",
+              Kafka batch, {attr.first_offset} and {attr.last_offset} name the batch, and records whose own \
+              attributes render different keys ({attr.date}/{attr.hour} of their timestamps) go to different \
+              objects.",
     },
     Param { name: "url", kind: "string (URL)", default: Some("the event's bucket"), doc: "Bucket to write to." },
     Param {
@@ -322,6 +324,74 @@ impl Function for Convert {
     }
 
     async fn invoke(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+        match (&self.key, &item.payload) {
+            (Some(key), Payload::Collection(_)) => self.convert_batch(key, item, ctx).await,
+            _ => self.convert(item, ctx).await,
+        }
+    }
+}
+
+impl Convert {
+    /// A batch's records are grouped by the key each one's own attributes render, the
+    /// group-level `{attr.first_offset}`, `{attr.last_offset}`, `{attr.hive}` and
+    /// `{attr.part}` aside: under an hourly key the records of two hours go to two
+    /// objects, as the Kafka Connect S3 sink starts a new file when a record's time
+    /// partition changes. A record whose key cannot be rendered (no timestamp for
+    /// `{attr.hour}`) fails alone.
+    async fn convert_batch(&self, key: &KeyTemplate, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
+        let Payload::Collection(records) = item.payload else {
+            return self.convert(item, ctx).await;
+        };
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut failures = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            match self.group_key(key, record, ctx) {
+                Ok(rendered) => {
+                    let next = groups.len();
+                    let group = *group_of.entry(rendered).or_insert(next);
+                    if group == next {
+                        groups.push(Vec::new());
+                    }
+                    groups[group].push(index);
+                }
+                Err(e) => failures.push((index, e)),
+            }
+        }
+        if failures.is_empty() && groups.len() == 1 {
+            return self.convert(Item::new(Payload::Collection(records), item.meta), ctx).await;
+        }
+        let mut slots: Vec<Option<Item>> = records.into_iter().map(Some).collect();
+        let mut outputs = Vec::new();
+        for members in groups {
+            let group = members.iter().filter_map(|&i| slots[i].take()).collect();
+            match self.convert(Item::new(Payload::Collection(group), item.meta.clone()), ctx).await {
+                Ok(written) => outputs.extend(written),
+                Err(e) => {
+                    let partial = e.into_partial_batch()?;
+                    outputs.extend(partial.outputs);
+                    failures.extend(partial.failures.into_iter().map(|(i, e)| (members[i], e)));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Ok(outputs);
+        }
+        failures.sort_by_key(|(index, _)| *index);
+        Err(FunctionError::partial_batch(outputs, failures))
+    }
+
+    /// The key `record` would be written under, with the group-level attributes fixed.
+    fn group_key(&self, key: &KeyTemplate, record: &Item, ctx: &Context) -> Result<String, FunctionError> {
+        let mut meta = record.meta.clone();
+        for name in ["first_offset", "last_offset", "hive", "part"] {
+            meta.attributes.insert(name.into(), "0".into());
+        }
+        meta.format_ext = Some(self.write.format.ext().to_string());
+        key.render(&Item::new(Payload::Empty, meta), ctx)
+    }
+
+    async fn convert(&self, item: Item, ctx: &Context) -> Result<Vec<Item>, FunctionError> {
         let name = item.meta.key.clone().unwrap_or_else(|| item.describe());
         let bucket = match (&self.url, &item.meta.source_url) {
             (None, None) => None,

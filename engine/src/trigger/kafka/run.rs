@@ -351,8 +351,10 @@ async fn run_record(
     runner.run(item, Some(&again), &Scope::new(Some(lambda), true)).await
 }
 
-/// A record's `{attr.topic}`, `{attr.partition}`, `{attr.offset}`, `{attr.record_key}`
-/// and `{attr.header.<name>}` (as text), read from the record itself when asked.
+/// A record's `{attr.topic}`, `{attr.partition}`, `{attr.offset}`, `{attr.record_key}`,
+/// `{attr.header.<name>}` (as text) and its timestamp's `{attr.timestamp}`,
+/// `{attr.date}` and `{attr.hour}` (UTC, for hourly keys like the Kafka Connect S3
+/// sink's time-based partitioner), read from the record itself when asked.
 struct RecordAttributes {
     records: Arc<[Record]>,
     index: usize,
@@ -366,6 +368,9 @@ impl SourceAttributes for RecordAttributes {
             "partition" => Some(Cow::Owned(record.partition.to_string())),
             "offset" => Some(Cow::Owned(record.offset.to_string())),
             "record_key" => record.key.as_deref().map(Cow::Borrowed),
+            "timestamp" => record.timestamp.map(|t| Cow::Owned(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+            "date" => record.timestamp.map(|t| Cow::Owned(t.format("%Y-%m-%d").to_string())),
+            "hour" => record.timestamp.map(|t| Cow::Owned(t.format("%H").to_string())),
             _ => {
                 let value = record.header(name.strip_prefix("header.")?)?;
                 Some(String::from_utf8_lossy(value))
@@ -374,7 +379,7 @@ impl SourceAttributes for RecordAttributes {
     }
 
     fn names(&self) -> &'static [&'static str] {
-        &["topic", "partition", "offset", "record_key"]
+        &["topic", "partition", "offset", "record_key", "timestamp", "date", "hour"]
     }
 }
 
