@@ -13,8 +13,10 @@ Peers are skipped (with a note) when their runtime is missing; see
 ../shared/peers/README.md for installing them (Pillow/pyvips in /tmp/peers-venv,
 sharp under $PEERS_NODE_PREFIX).
 """
-import argparse, os, shutil, signal, sqlite3, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
+
+from measure import ledger_done, watch
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
@@ -43,32 +45,6 @@ key = "processed/{{stem}}_{{variant}}.jpg"
 """
 
 
-def tree_rss_kb(pid):
-    """Summed VmRSS of pid and all its descendants, in KiB."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return total
-
-
-def watch(proc, done):
-    """Polls until done() or the process exits; returns (seconds, peak MiB)."""
-    start, peak = time.monotonic(), 0
-    while True:
-        peak = max(peak, tree_rss_kb(proc.pid))
-        if done() or proc.poll() is not None:
-            return time.monotonic() - start, peak / 1024
-        time.sleep(0.02)
 
 
 def run_weir(weir, photos, workers, keep_outputs=None):
@@ -83,13 +59,7 @@ def run_weir(weir, photos, workers, keep_outputs=None):
         ledger = tmp / "state" / "ledger.db"
 
         def done():
-            if not ledger.exists():
-                return False
-            try:
-                with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.1) as db:
-                    return db.execute("select count(*) from objects where status = 'done'").fetchone()[0] >= len(photos)
-            except sqlite3.Error:
-                return False
+            return ledger_done(ledger) >= len(photos)
 
         env = dict(os.environ, WEIR_LOG="warn")
         proc = subprocess.Popen([weir, "run", str(pipeline), "--state-dir", str(tmp / "state")], env=env,

