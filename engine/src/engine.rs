@@ -34,15 +34,31 @@ pub struct Engine {
     /// Invocation permits shared by all pipelines.
     pub global_concurrency: usize,
     pub stores: Stores,
-    /// Where pushed notifications are served, when a pipeline takes them. Loopback by
-    /// default: exposing it is a deliberate choice (`--listen 0.0.0.0:9750`).
+    /// Where health, readiness, metrics and pushed notifications are served. Loopback
+    /// by default: exposing it is a deliberate choice (`--listen 0.0.0.0:9750`).
     pub listen: SocketAddr,
+    /// Whether that address is served when no pipeline takes notifications.
+    pub serve: Serve,
     /// Wall-clock time for schedules.
     pub clock: Arc<dyn Clock>,
 }
 
-/// The default notification endpoint.
+/// The default address of the HTTP endpoint.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
+
+/// When the engine serves its HTTP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Only when a pipeline takes notifications (an embedding application's choice,
+    /// and most tests': no port taken for nothing).
+    WhenNeeded,
+    /// Always (`weir run --listen ADDR`): an address in use is an error.
+    Always,
+    /// Always, but an address in use only costs health, metrics and the status page,
+    /// with a warning, unless a pipeline needs it for notifications: a second
+    /// `weir run` on one machine with the default address still runs.
+    IfFree,
+}
 
 impl Engine {
     pub fn new(registry: Registry) -> Self {
@@ -55,6 +71,7 @@ impl Engine {
             global_concurrency: (cores * 4).max(8),
             stores: Stores::new(),
             listen: DEFAULT_LISTEN.parse().expect("a valid socket address"),
+            serve: Serve::WhenNeeded,
             clock: Arc::new(SystemClock),
         }
     }
@@ -74,6 +91,11 @@ impl Engine {
 
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    pub fn serve(mut self, serve: Serve) -> Self {
+        self.serve = serve;
         self
     }
 
@@ -140,6 +162,12 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let mut running = Vec::new();
         let mut routes = HashMap::new();
+        // Before the runtimes: their meters attach to the recorder there is when they
+        // are made.
+        let recorder = match self.serve {
+            Serve::WhenNeeded => None,
+            Serve::Always | Serve::IfFree => crate::metrics::recorder(),
+        };
         for pipeline in pipelines {
             for step in &pipeline.steps {
                 tracing::info!(pipeline = %pipeline.name, step = %step.name, function = %step.function_name,
@@ -177,10 +205,39 @@ impl Engine {
             running.push(RunningPipeline { name, queue: queue_stats, executor: runtime.stats.clone(), runtime });
         }
         let mut http_addr = None;
-        if !routes.is_empty() {
-            let (addr, server) = crate::http::serve(self.listen, routes, shutdown.clone()).await?;
-            http_addr = Some(addr);
-            tasks.spawn(server);
+        if !routes.is_empty() || self.serve != Serve::WhenNeeded {
+            let needed = !routes.is_empty() || self.serve == Serve::Always;
+            let observed = running
+                .iter()
+                .map(|p: &RunningPipeline| crate::metrics::Observed {
+                    name: p.name.clone(),
+                    queue: p.queue.clone(),
+                    executor: p.executor.clone(),
+                })
+                .collect();
+            let site = crate::http::Site { routes, observed, recorder, state_dir: self.state_dir.clone() };
+            match crate::http::serve(self.listen, site, shutdown.clone()).await {
+                Ok((addr, server)) => {
+                    http_addr = Some(addr);
+                    tasks.spawn(server);
+                }
+                Err(e) if !needed => {
+                    tracing::warn!(error = %format!("{e:#}"),
+                        "no health, metrics or status page: give `weir run --listen ADDR` a free address");
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some(handle) = recorder {
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(crate::metrics::UPKEEP_EVERY) => handle.run_upkeep(),
+                        }
+                    }
+                });
+            }
         }
         Ok(RunningEngine { shutdown, tasks, pipelines: running, ledger, http_addr, _lock: lock })
     }
@@ -206,7 +263,7 @@ pub struct RunningEngine {
     tasks: JoinSet<anyhow::Result<()>>,
     pub pipelines: Vec<RunningPipeline>,
     pub ledger: Ledger,
-    /// Where notifications are served, if any pipeline takes them.
+    /// Where the HTTP endpoint is served, if it is.
     pub http_addr: Option<SocketAddr>,
     /// Released once the engine has stopped (dropped with it).
     _lock: StateLock,
@@ -263,10 +320,14 @@ async fn keep_running(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delay = Duration::from_secs(1);
+    let stats = sink.stats();
     loop {
+        stats.trigger_down.store(false, Ordering::Relaxed);
         match trigger.clone().run(sink.clone(), stop.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !stop.is_cancelled() => {
+                stats.trigger_down.store(true, Ordering::Relaxed);
+                stats.trigger_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pipeline = %name, error = %e, retry_in = ?delay, "trigger failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),

@@ -1,17 +1,19 @@
-//! The HTTP endpoint `weir run` serves when a pipeline takes pushed events:
-//! `POST /v1/notifications/{pipeline}` with a bucket notification body (S3, SNS,
-//! EventBridge or MinIO shape).
+//! The HTTP endpoint `weir run` serves on `--listen` (loopback by default):
+//! `GET /v1/health` (alive), `GET /v1/ready` (every trigger running), `GET /metrics`
+//! (Prometheus text, see [`crate::metrics`]), and `POST /v1/notifications/{pipeline}`
+//! with a bucket notification body (S3, SNS, EventBridge or MinIO shape).
 //!
-//! Answers: `202` with `{"queued": n, "ignored": m}` once the objects are recorded and
-//! queued; `401` without the pipeline's token, `403` for an SNS message that is not
-//! signed by SNS for one of the pipeline's topics; `400` for a body that is not a
-//! notification (dead-lettered, its first 4 KiB kept); `413` over 1 MiB; `404` for an
-//! unknown pipeline; `503` while starting or stopping, or when the ledger or store
-//! failed (the sender should retry). Headers must arrive within 10 s, bodies within
-//! 30 s; at most 256 connections are open at once.
+//! Notifications are answered `202` with `{"queued": n, "ignored": m}` once the objects
+//! are recorded and queued; `401` without the pipeline's token, `403` for an SNS message
+//! that is not signed by SNS for one of the pipeline's topics; `400` for a body that is
+//! not a notification (dead-lettered, its first 4 KiB kept); `413` over 1 MiB; `404`
+//! for an unknown pipeline; `503` while starting or stopping, or when the ledger or
+//! store failed (the sender should retry). Headers must arrive within 10 s, bodies
+//! within 30 s; at most 256 connections are open at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::JsonWork;
 use crate::executor::PipelineRuntime;
+use crate::metrics::Observed;
 use crate::trigger::{Inbox, InboxError};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body: S3 and EventBridge send one record of about 1 KB, SNS at
 /// most 256 KB.
@@ -52,17 +56,29 @@ pub struct Route {
     pub runtime: Arc<PipelineRuntime>,
 }
 
-type Routes = Arc<HashMap<String, Route>>;
+/// What the endpoint serves.
+pub struct Site {
+    /// Pipelines that take notifications, by name.
+    pub routes: HashMap<String, Route>,
+    /// Every running pipeline, for `/metrics` and `/v1/ready`.
+    pub observed: Vec<Observed>,
+    /// `None`: no metrics (not asked for, or the embedding application has its own).
+    pub recorder: Option<&'static PrometheusHandle>,
+    /// Where the ledger is, for its size.
+    pub state_dir: PathBuf,
+}
+
+type Shared = Arc<Site>;
 
 /// Binds `addr` (port 0 picks one) and serves until `shutdown`. Returns the bound
 /// address and the server task.
 pub async fn serve(
     addr: SocketAddr,
-    routes: HashMap<String, Route>,
+    site: Site,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = anyhow::Result<()>>)> {
     if !addr.ip().is_loopback() {
-        if let Some(open) = routes.iter().find(|(_, route)| route.inbox.auth().is_open()) {
+        if let Some(open) = site.routes.iter().find(|(_, route)| route.inbox.auth().is_open()) {
             anyhow::bail!(
                 "pipeline {} accepts notifications from anyone (notify_auth = \"none\"), which is only allowed \
                  on a loopback address, not {addr}: set notify_token, or --listen 127.0.0.1:PORT",
@@ -70,15 +86,16 @@ pub async fn serve(
             );
         }
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for notifications: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/v1/notifications/{pipeline}", post(notification))
         .route("/v1/health", get(|| async { "ok" }))
-        .with_state(Arc::new(routes));
-    tracing::info!(address = %format!("http://{bound}"), "listening for notifications");
+        .route("/v1/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(site));
+    tracing::info!(address = %format!("http://{bound}"), "listening (health, ready, metrics, notifications)");
     Ok((bound, accept(listener, app, shutdown)))
 }
 
@@ -135,13 +152,37 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// `200` while every pipeline's trigger runs; `503` naming those waiting to be started
+/// again after a failure (a bucket or broker out of reach).
+async fn ready(State(site): State<Shared>) -> Response {
+    let down: Vec<&str> = site.observed.iter().filter(|p| !p.queue.trigger_up()).map(|p| &*p.name).collect();
+    if down.is_empty() {
+        json(StatusCode::OK, serde_json::json!({"ready": true}))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "triggers_down": down}))
+    }
+}
+
+async fn metrics(State(site): State<Shared>) -> Response {
+    let Some(handle) = site.recorder else {
+        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "metrics are not recorded by this process"}));
+    };
+    let site = site.clone();
+    // Reading /proc and rendering every series is blocking work, if small.
+    let text =
+        tokio::task::spawn_blocking(move || crate::metrics::render(handle, &site.observed, Some(&site.state_dir)))
+            .await
+            .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
 async fn notification(
-    State(routes): State<Routes>,
+    State(site): State<Shared>,
     Path(pipeline): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(route) = routes.get(&pipeline) else {
+    let Some(route) = site.routes.get(&pipeline) else {
         return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such pipeline takes notifications"}));
     };
     if let Err(why) = route.inbox.auth().check(&headers) {

@@ -19,8 +19,9 @@
 //!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
 //! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints, and
 //!   the lock that keeps one writer per state directory.
-//! * [`http`] serves pushed events (bucket notifications) within limits; [`auth`] says
-//!   who may push; [`health`] checks every source and output bucket at start-up.
+//! * [`http`] serves health, readiness, [`metrics`] and pushed events (bucket
+//!   notifications) within limits; [`auth`] says who may push; [`health`] checks every
+//!   source and output bucket at start-up.
 //! * [`Engine`] wires them together; [`cli`] is the `weir` binary.
 //!
 //! To run your own functions, build a [`weir_functions::Registry`] with them and hand
@@ -38,9 +39,10 @@ pub mod event;
 pub mod executor;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod replay;
 pub mod state;
 pub mod trigger;
 
-pub use engine::{Engine, RunningEngine, RunningPipeline};
+pub use engine::{Engine, RunningEngine, RunningPipeline, Serve};
 pub use weir_functions;

@@ -13,10 +13,17 @@ fn repo() -> PathBuf {
 
 /// `weir run pipelines/thumbnails.toml` in `dir` (so `./data` is `dir/data`).
 fn start_weir(dir: &Path) -> Child {
+    start_weir_on(dir, None)
+}
+
+/// [`start_weir`], its HTTP endpoint on `listen`.
+fn start_weir_on(dir: &Path, listen: Option<std::net::SocketAddr>) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weir.log")).unwrap();
+    let listen = listen.map(|addr| vec!["--listen".to_string(), addr.to_string()]).unwrap_or_default();
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .current_dir(dir)
         .args(["run", "--grace", "60s"])
+        .args(listen)
         .arg(repo().join("pipelines/thumbnails.toml"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -88,11 +95,66 @@ fn wait_for(limit: Duration, what: &str, dir: &Path, mut condition: impl FnMut()
     }
 }
 
+/// A port free now (the kernel picks it; a test binding it a moment later may, rarely,
+/// lose it to another process).
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// `GET path` on `addr`: (status, body). Plain HTTP/1.1 over a socket, as curl sends it.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the series `name{labels…}` in a Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        let wanted = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (metric == name && wanted).then(|| value.parse().ok())?
+    })
+}
+
+/// `promtool check metrics` on `text`, when promtool is here (Debian's `prometheus`
+/// package; `.ci/run` installs it and sets `WEIR_TEST_PROMTOOL=1`, which makes it
+/// required).
+fn promtool_check(text: &str) {
+    let required = std::env::var_os("WEIR_TEST_PROMTOOL").is_some();
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if !required => {
+            eprintln!("promtool not found ({e}): the exposition is not linted here");
+            return;
+        }
+        Err(e) => panic!("promtool is required (WEIR_TEST_PROMTOOL) but cannot run: {e}"),
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
+}
+
 #[test]
 fn the_shipped_pipeline_makes_three_variants_and_dead_letters_bad_files() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let weir = start_weir(dir);
+    let addr = free_address();
+    let weir = start_weir_on(dir, Some(addr));
     // Landscape, portrait, square and small photos.
     let shapes = [(1800, 1200), (1200, 1800), (1000, 1000), (640, 480), (150, 100)];
     for i in 0..20u32 {
@@ -107,6 +169,41 @@ fn the_shipped_pipeline_makes_three_variants_and_dead_letters_bad_files() {
     wait_for(Duration::from_secs(120), "60 outputs and 3 dead letters", dir, || {
         outputs(dir).len() == 60 && dead_letters(dir).len() == 3
     });
+
+    // The burst, as Prometheus scrapes it.
+    let events = |outcome| {
+        sample(&http_get(addr, "/metrics").1, "weir_events_total", &[("pipeline", "thumbnails"), ("outcome", outcome)])
+    };
+    wait_for(Duration::from_secs(30), "the metrics to count 23 events", dir, || {
+        events("done") == Some(20.0) && events("dead_lettered") == Some(3.0)
+    });
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let thumbnails = [("pipeline", "thumbnails")];
+    assert_eq!(sample(&text, "weir_events_total", &[("pipeline", "thumbnails"), ("outcome", "abandoned")]), Some(0.0));
+    assert_eq!(sample(&text, "weir_events_received_total", &thumbnails), Some(23.0));
+    assert_eq!(sample(&text, "weir_events_in_flight", &thumbnails), Some(0.0));
+    assert_eq!(sample(&text, "weir_queue_depth", &thumbnails), Some(0.0));
+    assert_eq!(sample(&text, "weir_trigger_up", &thumbnails), Some(1.0));
+    assert_eq!(sample(&text, "weir_event_duration_seconds_count", &thumbnails), Some(23.0));
+    assert_eq!(sample(&text, "weir_event_latency_seconds_count", &thumbnails), Some(23.0));
+    let invocations = |step, outcome| {
+        sample(&text, "weir_invocations_total", &[("pipeline", "thumbnails"), ("step", step), ("outcome", outcome)])
+    };
+    assert_eq!(invocations("variants", "ok"), Some(20.0), "{text}");
+    assert_eq!(invocations("variants", "permanent"), Some(3.0));
+    assert_eq!(invocations("store", "ok"), Some(60.0), "one store per variant");
+    assert_eq!(
+        sample(&text, "weir_invocation_duration_seconds_count", &[("pipeline", "thumbnails"), ("step", "variants")]),
+        Some(23.0)
+    );
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(sample(&text, "weir_ledger_bytes", &[]).unwrap() > 0.0);
+    promtool_check(&text);
+    assert_eq!(http_get(addr, "/v1/health"), (200, "ok".to_string()));
+    let (status, ready) = http_get(addr, "/v1/ready");
+    assert_eq!((status, ready.as_str()), (200, r#"{"ready":true}"#));
+
     let status = stop(weir);
     assert!(status.success(), "weir run exits 0 on SIGTERM, got {status}");
 

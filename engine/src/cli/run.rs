@@ -20,10 +20,11 @@ pub struct Args {
     /// Invocations running at once across all pipelines (default: 4 × cores).
     #[arg(long)]
     max_concurrency: Option<usize>,
-    /// Address for bucket notifications (`POST /v1/notifications/{pipeline}`), served
-    /// only when a pipeline has `detect = "notifications"` or `"hybrid"`.
-    #[arg(long, default_value = crate::engine::DEFAULT_LISTEN, env = "WEIR_LISTEN")]
-    listen: std::net::SocketAddr,
+    /// Address of the HTTP endpoint: `/v1/health`, `/v1/ready`, `/metrics`, and bucket
+    /// notifications (`POST /v1/notifications/{pipeline}`) [default: 127.0.0.1:9750;
+    /// when that is taken, weir runs without it unless a pipeline takes notifications]
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
     /// Exit 1 if a start-up health check fails (a bucket missing or unreadable, brokers
     /// not answering, a topic missing) instead of warning and waiting for it.
     #[arg(long)]
@@ -31,7 +32,11 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
-    let mut engine = engine.state_dir(args.state.state_dir).grace(args.grace).listen(args.listen);
+    let mut engine = engine.state_dir(args.state.state_dir).grace(args.grace);
+    engine = match args.listen {
+        Some(addr) => engine.listen(addr).serve(crate::Serve::Always),
+        None => engine.serve(crate::Serve::IfFree),
+    };
     if let Some(n) = args.max_concurrency {
         engine.global_concurrency = n.max(1);
     }

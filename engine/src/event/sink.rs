@@ -1,15 +1,15 @@
 //! The bounded queue between a trigger and its pipeline's executor: a full executor
 //! makes `send` wait (backpressure), never a buffer that grows.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Event;
 
-/// Counters about the trigger → executor queue, for tests and logs.
+/// Counters about the trigger → executor queue, for tests, logs and `/metrics`.
 #[derive(Debug, Default)]
 pub struct QueueStats {
     /// Most events ever waiting in the queue at once.
@@ -27,6 +27,26 @@ pub struct QueueStats {
     /// Cancelled once the executor has stopped and finished (or abandoned) its
     /// in-flight events: no acknowledgement comes after it.
     pub drained: CancellationToken,
+    /// Set while the trigger waits to be started again after a failure (a bucket or
+    /// broker out of reach): `/v1/ready` and `weir_trigger_up` read it.
+    pub trigger_down: AtomicBool,
+    pub trigger_failures: AtomicU64,
+    /// The queue itself, weakly, to read its depth without keeping it open.
+    queue: OnceLock<mpsc::WeakSender<Event>>,
+}
+
+impl QueueStats {
+    /// Events waiting in the queue now.
+    pub fn depth(&self) -> usize {
+        match self.queue.get().and_then(mpsc::WeakSender::upgrade) {
+            Some(tx) => tx.max_capacity() - tx.capacity(),
+            None => 0,
+        }
+    }
+
+    pub fn trigger_up(&self) -> bool {
+        !self.trigger_down.load(Ordering::Relaxed)
+    }
 }
 
 /// The bounded queue's sending side. `send` waits while the queue is full.
@@ -45,6 +65,7 @@ impl EventSink {
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Event>, Arc<QueueStats>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(QueueStats::default());
+        let _ = stats.queue.set(tx.downgrade());
         (Self { tx, stats: stats.clone() }, rx, stats)
     }
 

@@ -83,7 +83,7 @@ async fn once(
     let _stop_cpu_work = ctx.cancel.clone().drop_guard();
     // What the log lines call the item; quiet invocations name it only at debug level.
     let label = (!scope.quiet || tracing::enabled!(tracing::Level::DEBUG)).then(|| item.describe());
-    let started = label.as_ref().map(|_| Instant::now());
+    let started = Instant::now();
     let invocation = async {
         match stream_to {
             Some(tx) => step.function.invoke_streaming(item, &ctx, &Emitter::new(tx)).await.map(|()| Vec::new()),
@@ -109,7 +109,9 @@ async fn once(
             }
         },
     };
-    let duration_ms = started.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+    let took = started.elapsed();
+    rt.meters.steps[index].invoked(result.as_ref().err(), took);
+    let duration_ms = label.as_ref().map(|_| took.as_secs_f64() * 1000.0);
     let key = label.as_deref().unwrap_or("");
     match (&result, scope.quiet) {
         (Ok(items), false) => tracing::info!(pipeline = %rt.name, step = %step.name, key, duration_ms,
@@ -201,6 +203,7 @@ impl Drop for ProbeGuard<'_> {
 }
 
 async fn backoff(rt: &PipelineRuntime, step: &str, tries: u32) {
+    rt.meters.retried(step);
     let delay = rt.pipeline.retry.backoff.delay(tries, rand::random::<f64>());
     tracing::debug!(pipeline = %rt.name, step, attempt = tries, delay = ?delay, "retrying");
     tokio::time::sleep(delay).await;

@@ -66,6 +66,8 @@ pub struct PipelineRuntime {
     /// Where failed events go (a bucket, or what the trigger kind offers).
     pub dead_letters: Arc<dyn DeadLetterStore>,
     pub stats: Arc<ExecutorStats>,
+    /// Durations and outcomes only `/metrics` reports.
+    pub(crate) meters: crate::metrics::PipelineMeters,
     /// Step names as shared strings, for each invocation's context.
     step_names: Vec<Arc<str>>,
     /// Sources whose runs were in flight when a weir process died, and how often: see
@@ -87,10 +89,12 @@ impl PipelineRuntime {
         let graph = graph::Graph::new(&pipeline.steps);
         let breakers = pipeline.steps.iter().map(|s| s.name.clone()).chain(["load".to_string()]);
         let breakers = breakers.map(|name| (name, breaker::Breaker::default())).collect();
+        let step_names: Vec<Arc<str>> = pipeline.steps.iter().map(|s| Arc::from(s.name.as_str())).collect();
         Self {
             name: Arc::from(pipeline.name.as_str()),
             local: Arc::new(Semaphore::new(pipeline.limits.concurrency)),
-            step_names: pipeline.steps.iter().map(|s| Arc::from(s.name.as_str())).collect(),
+            meters: crate::metrics::PipelineMeters::new(&pipeline.name, &step_names),
+            step_names,
             dead_letters,
             pipeline,
             ledger,
@@ -254,6 +258,7 @@ impl PipelineRuntime {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.stats.events_running.fetch_sub(1, Ordering::Relaxed);
+        self.meters.event_finished(started.elapsed(), event.received_at);
         if crashes > 0 && outcome != Outcome::Abandoned {
             self.crashes.lock().unwrap_or_else(|p| p.into_inner()).remove(&source);
             if let Err(e) = self.ledger.crashes_over(&self.name, &source).await {
