@@ -94,6 +94,7 @@ pub async fn serve(
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(count_requests))
         .with_state(Arc::new(site));
     tracing::info!(address = %format!("http://{bound}"), "listening (health, ready, metrics, notifications)");
     Ok((bound, accept(listener, app, shutdown)))
@@ -152,6 +153,16 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// `weir_http_requests_total{route,status}`, for the routes there are.
+async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("weir_http_requests_total", "route" => route.unwrap_or_default(), "status" => status)
+        .increment(1);
+    response
+}
+
 /// `200` while every pipeline's trigger runs; `503` naming those waiting to be started
 /// again after a failure (a bucket or broker out of reach).
 async fn ready(State(site): State<Shared>) -> Response {
@@ -205,7 +216,13 @@ async fn notification(
         return json(StatusCode::FORBIDDEN, serde_json::json!({"error": why}));
     }
     match route.inbox.deliver(&body).await {
-        Ok(delivery) => json(StatusCode::ACCEPTED, serde_json::json!(delivery)),
+        Ok(delivery) => {
+            for (result, n) in [("queued", delivery.queued), ("ignored", delivery.ignored)] {
+                metrics::counter!("weir_notification_objects_total", "pipeline" => pipeline.clone(), "result" => result)
+                    .increment(n as u64);
+            }
+            json(StatusCode::ACCEPTED, serde_json::json!(delivery))
+        }
         Err(InboxError::Malformed(why)) => {
             let error = format!("notification for pipeline {pipeline} ({} bytes) rejected: {why}", body.len());
             tracing::warn!(pipeline = %pipeline, error = ?truncated(&error, 300), "bad notification");

@@ -89,6 +89,13 @@ fn describe() {
         Unit::Seconds,
         "Time from a trigger receiving an event to its acknowledgement (queueing included)."
     );
+    describe_counter!("weir_http_requests_total", "Requests to weir's HTTP endpoint, by route and status.");
+    describe_counter!(
+        "weir_notification_objects_total",
+        "Objects named by accepted bucket notifications: queued, or ignored (filtered, seen, other buckets)."
+    );
+    describe_gauge!("weir_kafka_consumer_lag", "Records behind the partition's end, per librdkafka's statistics.");
+    describe_counter!("weir_kafka_commits_total", "Offset commits, by result.");
     describe_gauge!("process_resident_memory_bytes", Unit::Bytes, "Resident memory of the weir process.");
     describe_gauge!("process_open_fds", "Open file descriptors of the weir process.");
     describe_gauge!("weir_ledger_bytes", Unit::Bytes, "Size of the SQLite ledger (with its write-ahead log).");

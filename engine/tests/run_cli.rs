@@ -197,6 +197,8 @@ fn the_shipped_pipeline_makes_three_variants_and_dead_letters_bad_files() {
         sample(&text, "weir_invocation_duration_seconds_count", &[("pipeline", "thumbnails"), ("step", "variants")]),
         Some(23.0)
     );
+    assert!(sample(&text, "weir_poll_passes_total", &[("pipeline", "thumbnails"), ("result", "ok")]).unwrap() >= 1.0);
+    assert!(sample(&text, "weir_http_requests_total", &[("route", "/metrics"), ("status", "200")]).unwrap() >= 1.0);
     assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert!(sample(&text, "weir_ledger_bytes", &[]).unwrap() > 0.0);
     promtool_check(&text);

@@ -276,6 +276,8 @@ impl CronTrigger {
         if missed == 0 {
             return Ok(());
         }
+        metrics::counter!("weir_cron_missed_ticks_total", "pipeline" => self.ctx.pipeline.to_string())
+            .increment(missed as u64);
         tracing::info!(
             pipeline = %self.ctx.pipeline, missed, running = kept.len(), catch_up = ?self.config.catch_up,
             since = %tick_key(last), "ticks missed while stopped"
@@ -373,7 +375,11 @@ impl CronTrigger {
             cursor = cursor.max(last);
         }
         tracing::info!(pipeline, schedule = self.config.schedule.text(), next = ?self.config.schedule.next_after(cursor).map(tick_key), "schedule started");
+        metrics::describe_gauge!("weir_cron_next_fire_timestamp_seconds", "When the schedule fires next (Unix time).");
+        metrics::describe_counter!("weir_cron_missed_ticks_total", "Ticks that fell while weir was stopped.");
+        let next_fire = metrics::gauge!("weir_cron_next_fire_timestamp_seconds", "pipeline" => pipeline.to_string());
         while let Some(tick) = self.config.schedule.next_after(cursor) {
+            next_fire.set(tick.timestamp() as f64);
             let at = tick + self.jitter();
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),

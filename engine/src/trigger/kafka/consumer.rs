@@ -352,7 +352,11 @@ impl State {
         if commits.is_empty() {
             return;
         }
-        match consumer.commit(&commit_list(&commits), CommitMode::Sync) {
+        let committed = consumer.commit(&commit_list(&commits), CommitMode::Sync);
+        let result = if committed.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("weir_kafka_commits_total", "pipeline" => self.pipeline.to_string(), "result" => result)
+            .increment(1);
+        match committed {
             Ok(()) => tracing::debug!(pipeline = %self.pipeline, partitions = commits.len(), "offsets committed"),
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, error = %e, "commit failed; will retry");

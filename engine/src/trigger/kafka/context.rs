@@ -31,6 +31,9 @@ impl ClientContext for KafkaContext {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("weir_kafka_consumer_lag", "pipeline" => self.pipeline.to_string(),
+                        "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
                     lags.push((format!("{topic}/{partition}"), p.consumer_lag));
                 }
             }

@@ -261,12 +261,24 @@ impl ObjectStoreTrigger {
             detect = ?self.config.detect, redelivered, "object_store trigger started");
 
         let polls = self.config.detect != Detect::Notifications;
+        metrics::describe_counter!("weir_poll_passes_total", "Listing passes of a polled bucket, by result.");
+        metrics::describe_histogram!(
+            "weir_poll_pass_duration_seconds",
+            metrics::Unit::Seconds,
+            "Time one listing pass took."
+        );
         let mut next_poll = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_poll), if polls => {
-                    let wait = match self.poll(&bucket, &sink, &shutdown).await {
+                    let started = std::time::Instant::now();
+                    let pass = self.poll(&bucket, &sink, &shutdown).await;
+                    let result = if pass.is_ok() { "ok" } else { "failed" };
+                    let pipeline = self.ctx.pipeline.to_string();
+                    metrics::counter!("weir_poll_passes_total", "pipeline" => pipeline.clone(), "result" => result).increment(1);
+                    metrics::histogram!("weir_poll_pass_duration_seconds", "pipeline" => pipeline).record(started.elapsed().as_secs_f64());
+                    let wait = match pass {
                         Ok(poll::Pass::Finished) => self.config.poll_interval,
                         Ok(poll::Pass::MoreToList) => Duration::ZERO,
                         Ok(poll::Pass::TooFresh) => self.config.settle.max(Duration::from_millis(50)).min(self.config.poll_interval),
