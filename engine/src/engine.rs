@@ -211,11 +211,18 @@ impl Engine {
                 .iter()
                 .map(|p: &RunningPipeline| crate::metrics::Observed {
                     name: p.name.clone(),
+                    pipeline: p.runtime.pipeline.clone(),
                     queue: p.queue.clone(),
                     executor: p.executor.clone(),
                 })
                 .collect();
-            let site = crate::http::Site { routes, observed, recorder, state_dir: self.state_dir.clone() };
+            let site = crate::http::Site {
+                routes,
+                observed,
+                recorder,
+                state_dir: self.state_dir.clone(),
+                ledger: ledger.clone(),
+            };
             match crate::http::serve(self.listen, site, shutdown.clone()).await {
                 Ok((addr, server)) => {
                     http_addr = Some(addr);

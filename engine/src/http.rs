@@ -66,6 +66,8 @@ pub struct Site {
     pub recorder: Option<&'static PrometheusHandle>,
     /// Where the ledger is, for its size.
     pub state_dir: PathBuf,
+    /// Recent runs, for the status page.
+    pub ledger: crate::state::Ledger,
 }
 
 type Shared = Arc<Site>;
@@ -89,13 +91,19 @@ pub async fn serve(
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/v1/notifications/{pipeline}", post(notification))
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn(count_requests))
-        .with_state(Arc::new(site));
+        .route("/metrics", get(metrics));
+    // The page lists object keys and errors, and nothing yet says who may read it:
+    // served on loopback only, until the endpoint has its own authentication.
+    if addr.ip().is_loopback() {
+        app = app.route("/", get(status_page)).route("/v1/status", get(status));
+    } else {
+        tracing::info!(address = %addr, "the status page is served on loopback addresses only (it shows keys and errors)");
+    }
+    let app = app.route_layer(axum::middleware::from_fn(count_requests)).with_state(Arc::new(site));
     tracing::info!(address = %format!("http://{bound}"), "listening (health, ready, metrics, notifications)");
     Ok((bound, accept(listener, app, shutdown)))
 }
@@ -151,6 +159,23 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, shutdown: Cancel
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The status page: inline script and style only, nothing from elsewhere.
+async fn status_page() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, crate::status::PAGE).into_response()
+}
+
+async fn status(State(site): State<Shared>) -> Response {
+    match crate::status::snapshot(&site.observed, &site.ledger).await {
+        Ok(status) => json(StatusCode::OK, serde_json::json!(status)),
+        Err(e) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e})),
+    }
 }
 
 /// `weir_http_requests_total{route,status}`, for the routes there are.

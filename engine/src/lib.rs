@@ -19,8 +19,8 @@
 //!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
 //! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints, and
 //!   the lock that keeps one writer per state directory.
-//! * [`http`] serves health, readiness, [`metrics`] and pushed events (bucket
-//!   notifications) within limits; [`auth`] says who may push; [`health`] checks every
+//! * [`http`] serves health, readiness, [`metrics`], the [`status`] page and pushed
+//!   events (bucket notifications) within limits; [`auth`] says who may push; [`health`] checks every
 //!   source and output bucket at start-up.
 //! * [`Engine`] wires them together; [`cli`] is the `weir` binary.
 //!
@@ -42,6 +42,7 @@ pub mod http;
 pub mod metrics;
 pub mod replay;
 pub mod state;
+pub mod status;
 pub mod trigger;
 
 pub use engine::{Engine, RunningEngine, RunningPipeline, Serve};

@@ -101,10 +101,11 @@ fn describe() {
     describe_gauge!("weir_ledger_bytes", Unit::Bytes, "Size of the SQLite ledger (with its write-ahead log).");
 }
 
-/// What a scrape reads of one running pipeline.
+/// What a scrape (and the status page) reads of one running pipeline.
 #[derive(Clone)]
 pub struct Observed {
     pub name: Arc<str>,
+    pub pipeline: Arc<crate::config::Pipeline>,
     pub queue: Arc<QueueStats>,
     pub executor: Arc<ExecutorStats>,
 }

@@ -1,6 +1,7 @@
-//! The notification endpoint as an attacker sees it: closed without the pipeline's
-//! token, bounded in body size, records per request, header and body time and
-//! connections, and a forged size never dead-letters a real object.
+//! The HTTP endpoint as an attacker sees it: notifications closed without the
+//! pipeline's token, bounded in body size, records per request, header and body time
+//! and connections, a forged size never dead-letters a real object, and the status
+//! page (keys and errors) served on loopback only.
 
 mod common;
 
@@ -339,4 +340,50 @@ async fn sns_messages_are_taken_only_when_signed_by_sns_for_the_named_topic() {
     running.stop().await.unwrap();
     assert_eq!(probe.calls(), 2, "only the signed notifications ran");
     assert!(dead_letters(&sandbox).is_empty(), "refused messages are not dead-lettered");
+}
+
+/// `GET path`: the status code and the whole response, headers included.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    (response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), response)
+}
+
+/// The status page shows keys and errors, so it is served on loopback addresses only;
+/// there it is one self-contained page with a policy that forbids loading anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_is_served_on_loopback_only() {
+    let sandbox = Sandbox::new();
+    let toml = "name = \"plain\"\n[trigger]\nkind = \"object_store\"\nurl = \"{bucket}\"\nprefix = \"inbox/\"\n\
+                [[step]]\nname = \"see\"\nfunction = \"test.probe\"\n";
+    let file = sandbox.pipeline("plain", toml);
+    for (listen, served) in [("0.0.0.0:0", false), ("127.0.0.1:0", true)] {
+        let (registry, _probe) = registry_with_probe();
+        let engine = Engine::new(registry)
+            .state_dir(sandbox.state())
+            .grace(Duration::from_secs(5))
+            .listen(listen.parse().unwrap())
+            .serve(weir_engine::Serve::Always);
+        let running = engine.start(engine.load(std::slice::from_ref(&file)).unwrap()).await.unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], running.http_addr.unwrap().port()));
+        let (page, text) = get(addr, "/").await;
+        let (status, json) = get(addr, "/v1/status").await;
+        assert_eq!(get(addr, "/metrics").await.0, 200, "{listen}");
+        assert_eq!(get(addr, "/v1/ready").await.0, 200, "{listen}");
+        if served {
+            assert_eq!((page, status), (200, 200), "{text}\n{json}");
+            assert!(text.contains("<title>weir</title>"), "{text}");
+            assert!(text.to_lowercase().contains("content-security-policy: default-src 'none'"), "{text}");
+            let body: serde_json::Value = serde_json::from_str(json.split_once("\r\n\r\n").unwrap().1).unwrap();
+            assert_eq!(body["pipelines"][0]["name"], "plain", "{json}");
+            assert_eq!(body["pipelines"][0]["trigger"], "object_store", "{json}");
+            assert!(body["runs"].is_array(), "{json}");
+        } else {
+            assert_eq!((page, status), (404, 404), "{listen}: {text}\n{json}");
+        }
+        running.stop().await.unwrap();
+    }
 }

@@ -50,8 +50,8 @@ impl ObjectStatus {
     }
 }
 
-/// One row of `weir runs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of `weir runs` (and of the status page).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunRow {
     pub id: String,
     pub pipeline: String,
