@@ -280,3 +280,62 @@ async fn a_scheduled_expire_deletes_old_objects_and_writes_its_report() {
     assert_eq!((report["matched"].as_u64(), report["deleted"].as_u64()), (Some(2), Some(2)), "{report}");
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 3, "files outside the bucket were deleted");
 }
+
+/// The value of `name{pipeline="metered"}` on the engine's `/metrics`.
+async fn scraped(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let prefix = format!("{name}{{pipeline=\"metered\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+}
+
+/// Waits until `/metrics` shows `want` for `name{pipeline="metered"}`.
+async fn scraped_until(addr: std::net::SocketAddr, name: &str, want: f64) {
+    let started = std::time::Instant::now();
+    loop {
+        let got = scraped(addr, name).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{name} is {got:?}, not {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `/metrics` tells when the schedule fires next, and how many ticks fell while weir
+/// was stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_next_tick_and_the_ticks_missed_while_stopped() {
+    let sandbox = Sandbox::new();
+    let clock = ManualClock::new(utc("2026-06-01T00:00:00Z"));
+    let file = sandbox.pipeline("metered", &pipeline("metered", "schedule = \"@hourly\"\ncatch_up = \"none\"", ""));
+    let start = || async {
+        let (registry, probe) = registry_with_probe();
+        let engine = Engine::new(registry)
+            .state_dir(sandbox.state())
+            .clock(Arc::new(clock.clone()))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .serve(weir_engine::Serve::Always);
+        let running = engine.start(engine.load(std::slice::from_ref(&file)).unwrap()).await.unwrap();
+        let addr = running.http_addr.unwrap();
+        (running, probe, addr)
+    };
+    let at = |text| utc(text).timestamp() as f64;
+    const NEXT: &str = "weir_cron_next_fire_timestamp_seconds";
+
+    let (running, probe, addr) = start().await;
+    scraped_until(addr, NEXT, at("2026-06-01T01:00:00Z")).await;
+    clock.set(utc("2026-06-01T01:00:00Z"));
+    runs_of(&probe, "metered", 1).await;
+    scraped_until(addr, NEXT, at("2026-06-01T02:00:00Z")).await;
+    running.stop().await.unwrap();
+
+    clock.set(utc("2026-06-01T04:30:00Z")); // 02:00, 03:00 and 04:00 fall while stopped
+    let (running, _probe, addr) = start().await;
+    scraped_until(addr, "weir_cron_missed_ticks_total", 3.0).await;
+    scraped_until(addr, NEXT, at("2026-06-01T05:00:00Z")).await;
+    running.stop().await.unwrap();
+}

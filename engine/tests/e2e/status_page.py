@@ -8,8 +8,9 @@ In a temporary directory: `weir run <repo>/pipelines/thumbnails.toml --listen AD
 the page opened at http://ADDR/ before anything arrives (it must show 0 done), then 20
 JPEGs and 3 bad files dropped into data/inbox/. Without reloading, the page must count
 20 done and 3 dead-lettered, name the three bad files with their errors in the dead
-letters table, and show the pipeline's trigger. A screenshot of the final page is
-written (default target/status-page.png). Exits non-zero on any difference.
+letters table, and show the pipeline's trigger; on a 390 px wide screen nothing may be
+wider than the screen. Screenshots of the final page are written (default
+target/status-page.png, and -phone.png beside it). Exits non-zero on any difference.
 
 Needs Pillow and playwright (`pip install Pillow playwright`; the browser is
 /usr/bin/chromium, never one Playwright downloads).
@@ -123,6 +124,15 @@ def main():
                     sys.exit("received is not 23")
                 Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=args.screenshot, full_page=True)
+                # Readable on a phone: nothing wider than the screen but the tables,
+                # which scroll inside their own boxes.
+                page.set_viewport_size({"width": 390, "height": 844})
+                page.wait_for_timeout(300)
+                width = page.evaluate("document.documentElement.scrollWidth")
+                if width > 390:
+                    sys.exit(f"on a 390 px wide screen the page is {width} px wide")
+                phone = Path(args.screenshot).with_name(Path(args.screenshot).stem + "-phone.png")
+                page.screenshot(path=str(phone))
                 intermediate = sorted(int(v) for v in seen if v.isdigit())
                 browser.close()
             print(f"status page: 0 done before the burst, then {intermediate} done as it went, 20 done and 3 "
