@@ -162,6 +162,7 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let mut running = Vec::new();
         let mut routes = HashMap::new();
+        let mut endpoints = HashMap::new();
         // Before the runtimes: their meters attach to the recorder there is when they
         // are made.
         let recorder = match self.serve {
@@ -186,6 +187,9 @@ impl Engine {
             runtime.remember_crashes(
                 mine.into_iter().filter_map(|key| crashed.remove_entry(&key)).map(|((_, s), n)| (s, n)).collect(),
             );
+            if let Some(endpoint) = trigger.clone().endpoint() {
+                endpoints.insert(name.to_string(), endpoint);
+            }
             if let Some(inbox) = trigger.clone().inbox() {
                 routes.insert(name.to_string(), crate::http::Route { inbox, runtime: runtime.clone() });
             }
@@ -205,8 +209,8 @@ impl Engine {
             running.push(RunningPipeline { name, queue: queue_stats, executor: runtime.stats.clone(), runtime });
         }
         let mut http_addr = None;
-        if !routes.is_empty() || self.serve != Serve::WhenNeeded {
-            let needed = !routes.is_empty() || self.serve == Serve::Always;
+        if !routes.is_empty() || !endpoints.is_empty() || self.serve != Serve::WhenNeeded {
+            let needed = !routes.is_empty() || !endpoints.is_empty() || self.serve == Serve::Always;
             let observed = running
                 .iter()
                 .map(|p: &RunningPipeline| crate::metrics::Observed {
@@ -216,8 +220,11 @@ impl Engine {
                     executor: p.executor.clone(),
                 })
                 .collect();
+            let runtimes = running.iter().map(|p| (p.name.to_string(), p.runtime.clone())).collect();
             let site = crate::http::Site {
                 routes,
+                endpoints,
+                runtimes,
                 observed,
                 recorder,
                 state_dir: self.state_dir.clone(),

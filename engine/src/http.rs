@@ -32,12 +32,16 @@ use tokio_util::sync::CancellationToken;
 use crate::event::JsonWork;
 use crate::executor::PipelineRuntime;
 use crate::metrics::Observed;
-use crate::trigger::{Inbox, InboxError};
+use crate::trigger::{Endpoint, Inbox, InboxError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body: S3 and EventBridge send one record of about 1 KB, SNS at
 /// most 256 KB.
 pub const MAX_BODY: usize = 1 << 20;
+/// The request line and headers fit in this, and in at most [`MAX_HEADERS`] headers:
+/// larger heads are refused (431) before anything else is read.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+pub const MAX_HEADERS: usize = 100;
 /// Connections open at once; more wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
 /// A client must send its headers within this, and its body within [`BODY_TIMEOUT`]:
@@ -60,6 +64,10 @@ pub struct Route {
 pub struct Site {
     /// Pipelines that take notifications, by name.
     pub routes: HashMap<String, Route>,
+    /// Pipelines whose trigger answers requests itself (`kind = "http"`), by name.
+    pub endpoints: HashMap<String, Arc<dyn Endpoint>>,
+    /// Every running pipeline's executor, by name, for redrives from the status page.
+    pub runtimes: HashMap<String, Arc<PipelineRuntime>>,
     /// Every running pipeline, for `/metrics` and `/v1/ready`.
     pub observed: Vec<Observed>,
     /// `None`: no metrics (not asked for, or the embedding application has its own).
@@ -87,6 +95,13 @@ pub async fn serve(
                 open.0
             );
         }
+        if let Some(open) = site.endpoints.iter().find(|(_, endpoint)| endpoint.auth().is_open()) {
+            anyhow::bail!(
+                "pipeline {} takes requests from anyone (auth = \"none\"), which is only allowed on a loopback \
+                 address, not {addr}: set token or hmac_secret, or --listen 127.0.0.1:PORT",
+                open.0
+            );
+        }
     }
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -95,16 +110,32 @@ pub async fn serve(
         .route("/v1/notifications/{pipeline}", post(notification))
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/ready", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/v1/invoke/{pipeline}", post(invoke))
+        .route("/v1/events/{id}", get(event_status));
+    let mut own_paths = HashMap::new();
+    for (name, endpoint) in &site.endpoints {
+        let Some(path) = endpoint.path() else { continue };
+        if let Some(other) = own_paths.insert(path.to_string(), name.clone()) {
+            anyhow::bail!("pipelines {other} and {name} both want path {path}");
+        }
+        let endpoint = endpoint.clone();
+        app = app.route(path, post(move |request: axum::extract::Request| async move { endpoint.call(request).await }));
+    }
     // The page lists object keys and errors, and nothing yet says who may read it:
     // served on loopback only, until the endpoint has its own authentication.
     if addr.ip().is_loopback() {
-        app = app.route("/", get(status_page)).route("/v1/status", get(status));
+        let page = Router::new()
+            .route("/", get(status_page))
+            .route("/v1/status", get(status))
+            .route("/v1/dead-letters/{pipeline}/{id}/redrive", post(redrive))
+            .route_layer(axum::middleware::from_fn(loopback_host));
+        app = app.merge(page);
     } else {
         tracing::info!(address = %addr, "the status page is served on loopback addresses only (it shows keys and errors)");
     }
     let app = app.route_layer(axum::middleware::from_fn(count_requests)).with_state(Arc::new(site));
-    tracing::info!(address = %format!("http://{bound}"), "listening (health, ready, metrics, notifications)");
+    tracing::info!(address = %format!("http://{bound}"), "listening (health, ready, metrics, notifications, invocations)");
     Ok((bound, accept(listener, app, shutdown)))
 }
 
@@ -137,7 +168,12 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, shutdown: Cancel
         connections.spawn(async move {
             let _slot = slot;
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -178,6 +214,50 @@ async fn status(State(site): State<Shared>) -> Response {
     }
 }
 
+/// The page and its actions answer only requests addressed to a loopback name: a
+/// page elsewhere cannot reach them by pointing its own domain at 127.0.0.1 (DNS
+/// rebinding), since the browser would send that domain as the Host.
+async fn loopback_host(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let loopback =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "the status page answers on a loopback host name only"}),
+        );
+    }
+    next.run(request).await
+}
+
+/// Runs a dead letter again (the status page's button). Loopback only, and only with
+/// `X-Weir-Action: redrive`, which no other site's page can send without a CORS
+/// preflight that weir never answers.
+async fn redrive(
+    State(site): State<Shared>,
+    Path((pipeline, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if headers.get("x-weir-action").and_then(|v| v.to_str().ok()) != Some("redrive") {
+        return json(StatusCode::FORBIDDEN, serde_json::json!({"error": "send X-Weir-Action: redrive"}));
+    }
+    let Some(runtime) = site.runtimes.get(&pipeline) else {
+        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such pipeline"}));
+    };
+    match crate::redrive::redrive_id(runtime, &id).await {
+        Ok(Some(redriven)) => {
+            tracing::info!(pipeline = %pipeline, id = %id, result = ?redriven, "redriven from the status page");
+            json(StatusCode::OK, serde_json::json!(redriven))
+        }
+        Ok(None) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such dead letter"})),
+        Err(e) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e.to_string()})),
+    }
+}
+
 /// `weir_http_requests_total{route,status}`, for the routes there are.
 async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
@@ -212,6 +292,23 @@ async fn metrics(State(site): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
+async fn invoke(State(site): State<Shared>, Path(pipeline): Path<String>, request: axum::extract::Request) -> Response {
+    match site.endpoints.get(&pipeline) {
+        Some(endpoint) => endpoint.call(request).await,
+        None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such pipeline takes requests"})),
+    }
+}
+
+/// How an event accepted by an HTTP trigger is going: its trigger knows.
+async fn event_status(State(site): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    for endpoint in site.endpoints.values() {
+        if let Some(response) = endpoint.event(&id, &headers).await {
+            return response;
+        }
+    }
+    json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such event"}))
+}
+
 async fn notification(
     State(site): State<Shared>,
     Path(pipeline): Path<String>,
@@ -235,7 +332,7 @@ async fn notification(
         }
         Err(_) => return json(StatusCode::REQUEST_TIMEOUT, serde_json::json!({"error": "body too slow"})),
     };
-    if let Err(why) = route.inbox.auth().verify(&body).await {
+    if let Err(why) = route.inbox.auth().verify(&headers, &body).await {
         // Not dead-lettered: an unauthenticated body is nobody's event.
         tracing::warn!(pipeline = %pipeline, reason = ?truncated(&why, 200), "notification refused: not authenticated");
         return json(StatusCode::FORBIDDEN, serde_json::json!({"error": why}));

@@ -15,6 +15,7 @@
 //!   [`clock`] is the wall clock schedules follow, injectable for tests.
 //! * [`executor`] runs events through the steps within concurrency limits, retries,
 //!   dead-letters, and acknowledges only finished events. It knows no trigger.
+//! * [`redrive`] runs dead letters again (`weir dlq redrive`, the status page).
 //! * [`replay`] pushes history (a bucket's objects, a schedule's past ticks) through a
 //!   pipeline: `weir replay`, resumable from its checkpoint in the ledger.
 //! * [`state`] is the SQLite ledger: processed objects, runs, replay checkpoints, and
@@ -40,6 +41,7 @@ pub mod executor;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod redrive;
 pub mod replay;
 pub mod state;
 pub mod status;

@@ -66,6 +66,12 @@ fn describe() {
     describe_gauge!("weir_events_in_flight", "Events being run now.");
     describe_gauge!("weir_invocations_in_flight", "Function invocations running now.");
     describe_gauge!("weir_queue_depth", "Events queued for the executor, not yet taken.");
+    describe_counter!(
+        "weir_step_input_bytes_total",
+        Unit::Bytes,
+        "Encoded payload bytes handed to a step (objects it streams itself are not counted)."
+    );
+    describe_counter!("weir_step_output_bytes_total", Unit::Bytes, "Encoded payload bytes a step returned.");
     describe_counter!("weir_trigger_pauses_total", "Times a trigger paused its source because the executor was full.");
     describe_gauge!(
         "weir_trigger_up",
@@ -176,6 +182,9 @@ pub struct StepMeters {
     duration: Histogram,
     /// ok, retryable, unavailable, permanent.
     outcomes: [Counter; 4],
+    /// Payload bytes handed to the step, and returned by it.
+    bytes_in: Counter,
+    bytes_out: Counter,
 }
 
 impl PipelineMeters {
@@ -191,6 +200,8 @@ impl PipelineMeters {
                 StepMeters {
                     duration: histogram!("weir_invocation_duration_seconds", "pipeline" => p.clone(), "step" => s.clone()),
                     outcomes: [outcome("ok"), outcome("retryable"), outcome("unavailable"), outcome("permanent")],
+                    bytes_in: counter!("weir_step_input_bytes_total", "pipeline" => p.clone(), "step" => s.clone()),
+                    bytes_out: counter!("weir_step_output_bytes_total", "pipeline" => p.clone(), "step" => s.clone()),
                 }
             })
             .collect();
@@ -235,5 +246,22 @@ impl StepMeters {
             Some(_) => 3,
         };
         self.outcomes[outcome].increment(1);
+    }
+
+    /// A successful invocation took `input` payload bytes and returned `output`.
+    pub fn moved(&self, input: u64, output: u64) {
+        self.bytes_in.increment(input);
+        self.bytes_out.increment(output);
+    }
+}
+
+/// The encoded bytes an item carries. Decoded pixels and JSON values count as none:
+/// pixels are no data read or written, and sizing JSON would mean serializing it.
+pub fn payload_bytes(payload: &weir_functions::Payload) -> u64 {
+    use weir_functions::Payload;
+    match payload {
+        Payload::Bytes(bytes) => bytes.len() as u64,
+        Payload::Collection(items) => items.iter().map(|i| payload_bytes(&i.payload)).sum(),
+        Payload::Empty | Payload::Image(_) | Payload::Json(_) => 0,
     }
 }

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::metrics::Observed;
-use crate::state::{Ledger, RunRow};
+use crate::state::{Ledger, ReplaySummary, RunRow};
 
 pub const PAGE: &str = include_str!("status.html");
 
@@ -19,6 +19,10 @@ const RECENT_RUNS: usize = 50;
 pub struct Status {
     pub pipelines: Vec<PipelineInfo>,
     pub runs: Vec<RunRow>,
+    /// The latest backfills. `weir replay` and `weir run` never share a state
+    /// directory at once, so one still `running` here was interrupted: `--resume`
+    /// continues it from `items_done`.
+    pub replays: Vec<ReplaySummary>,
 }
 
 #[derive(Serialize)]
@@ -41,5 +45,6 @@ pub async fn snapshot(observed: &[Observed], ledger: &Ledger) -> Result<Status, 
         })
         .collect();
     let runs = ledger.recent_runs(RECENT_RUNS, None).await.map_err(|e| e.to_string())?;
-    Ok(Status { pipelines, runs })
+    let replays = ledger.recent_replays(5).await.map_err(|e| e.to_string())?;
+    Ok(Status { pipelines, runs, replays })
 }

@@ -21,7 +21,8 @@
 //!
 //! Kinds: the object store on a local directory (real inotify), on S3 (the in-process
 //! s3s server) polled and notified, Kafka (librdkafka's mock cluster), cron (a manual
-//! clock) and the example `sequence` trigger registered from outside the crate.
+//! clock), HTTP requests accepted for later, and the example `sequence` trigger
+//! registered from outside the crate.
 
 mod common;
 #[path = "../examples/custom_trigger/sequence.rs"]
@@ -258,6 +259,53 @@ impl Kind for Kafka {
             }
         }
         None
+    }
+}
+
+/// `kind = "http"` accepting requests for later (`mode = "async"`): each event is a
+/// request answered `202` once kept in the state directory.
+struct Http(u16);
+
+impl Http {
+    fn new() -> Self {
+        Self(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Kind for Http {
+    fn trigger(&self, _: &Sandbox, _: usize) -> String {
+        "kind = \"http\"\nmode = \"async\"\nauth = \"none\"".into()
+    }
+    /// Posts like a client that honours `429` and `Retry-After`.
+    async fn emit(&self, _: &Sandbox, from: usize, n: usize) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.0));
+        for i in from..from + n {
+            loop {
+                let body = format!("{{\"n\": {i}}}");
+                let (status, answer) = common::s3::post(addr, "/v1/invoke/conform", &body).await;
+                match status {
+                    202 => break,
+                    429 => tokio::time::sleep(Duration::from_millis(250)).await,
+                    _ => panic!("request {i} refused: {status} {answer}"),
+                }
+            }
+        }
+    }
+    async fn acked(&self, _: &Sandbox, engine: &Engine) -> usize {
+        ledger_acked(engine, "conform").await
+    }
+    fn lambda_shaped(&self, event: Option<&TriggerEvent>) -> bool {
+        let Some(TriggerEvent::Http(request)) = event else { return false };
+        request.request_context.http.method.as_deref() == Some("POST")
+            && request.raw_path.as_deref() == Some("/v1/invoke/conform")
+            && request.body.as_deref() == Some("{\"n\": 0}")
+    }
+    fn engine(&self, sandbox: &Sandbox, registry: weir_functions::Registry) -> Engine {
+        Engine::new(registry)
+            .state_dir(sandbox.state())
+            .grace(Duration::from_secs(10))
+            .listen(([127, 0, 0, 1], self.0).into())
     }
 }
 
@@ -507,4 +555,5 @@ conformance! {
     sequence => Sequence;
     cron => Cron(ManualClock::new(common::utc("2026-11-02T10:00:30Z")));
     kafka => Kafka(Broker::new("conform", 1));
+    http_async => Http::new();
 }

@@ -381,9 +381,58 @@ async fn the_status_page_is_served_on_loopback_only() {
             assert_eq!(body["pipelines"][0]["name"], "plain", "{json}");
             assert_eq!(body["pipelines"][0]["trigger"], "object_store", "{json}");
             assert!(body["runs"].is_array(), "{json}");
+            assert!(body["replays"].is_array(), "{json}");
         } else {
             assert_eq!((page, status), (404, 404), "{listen}: {text}\n{json}");
         }
         running.stop().await.unwrap();
     }
+}
+
+/// The status page's redrive button: a dead letter runs again once its cause is gone,
+/// only from a loopback host name and with the page's own header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_redriven_from_the_status_page() {
+    let sandbox = Sandbox::new();
+    // The first try fails retryably, and with one attempt allowed it is dead-lettered;
+    // the second (the redrive) succeeds.
+    let toml = "name = \"flaky\"\n[trigger]\nkind = \"object_store\"\nurl = \"{bucket}\"\nprefix = \"inbox/\"\n\
+                [retry]\nmax_attempts = 1\n[[step]]\nname = \"see\"\nfunction = \"test.probe\"\nfail_retryable = 1\n";
+    let file = sandbox.pipeline("flaky", toml);
+    let (registry, probe) = registry_with_probe();
+    let engine = Engine::new(registry)
+        .state_dir(sandbox.state())
+        .grace(Duration::from_secs(5))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .serve(weir_engine::Serve::Always);
+    let running = engine.start(engine.load(std::slice::from_ref(&file)).unwrap()).await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let stats = running.pipeline("flaky").unwrap().executor.clone();
+    sandbox.drop_file("inbox/a.txt", b"a");
+    wait_for(Duration::from_secs(30), "dead-lettered", || stats.events_dead_lettered.load(Ordering::SeqCst) == 1).await;
+    let runs = |json: String| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(json.split_once("\r\n\r\n").unwrap().1).unwrap()["runs"].clone()
+    };
+    let listed = runs(get(addr, "/v1/status").await.1);
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["status"], "dead_letter");
+    let path = format!("/v1/dead-letters/flaky/{id}/redrive");
+    let action = "X-Weir-Action: redrive";
+    assert_eq!(post_with(addr, &path, &[], b"").await.0, 403, "without the page's header");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let rebound = format!(
+        "POST {path} HTTP/1.1\r\nHost: evil.example:9750\r\n{action}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(rebound.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "a host name that is not loopback (DNS rebinding): {answer}");
+    assert_eq!(probe.calls(), 1);
+    let (status, body) = post_with(addr, &path, &[action], b"").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"result\":\"done\""), "{body}");
+    assert_eq!(probe.calls(), 2, "the redrive ran the event");
+    assert_eq!(runs(get(addr, "/v1/status").await.1)[0]["status"], "redriven");
+    assert_eq!(post_with(addr, &path, &[action], b"").await.0, 404, "settled: not there any more");
+    running.stop().await.unwrap();
 }

@@ -193,6 +193,11 @@ fn the_shipped_pipeline_makes_three_variants_and_dead_letters_bad_files() {
     assert_eq!(invocations("variants", "ok"), Some(20.0), "{text}");
     assert_eq!(invocations("variants", "permanent"), Some(3.0));
     assert_eq!(invocations("store", "ok"), Some(60.0), "one store per variant");
+    let bytes = |name, step| sample(&text, name, &[("pipeline", "thumbnails"), ("step", step)]).unwrap_or(0.0);
+    assert!(bytes("weir_step_input_bytes_total", "variants") > 20.0 * 1000.0, "the photos read");
+    let made = bytes("weir_step_output_bytes_total", "variants");
+    assert!(made > 0.0);
+    assert_eq!(bytes("weir_step_input_bytes_total", "store"), made, "what variants made is what store wrote");
     assert_eq!(
         sample(&text, "weir_invocation_duration_seconds_count", &[("pipeline", "thumbnails"), ("step", "variants")]),
         Some(23.0)

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"));
+    // The shipped http-thumbnail pipeline reads its token from the environment.
+    weir.env("WEIR_HTTP_TOKEN", "a-token-for-validation-only");
+    weir
 }
 
 fn repo() -> PathBuf {

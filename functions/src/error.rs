@@ -38,7 +38,23 @@ pub struct PartialBatch {
     pub failures: Vec<(usize, FunctionError)>,
 }
 
+/// The cause behind a step's timeout, so a caller can tell a timeout from other
+/// retryable failures (an HTTP request answers it with 504, not 503).
+#[derive(Debug, thiserror::Error)]
+#[error("timed out")]
+pub struct TimedOut;
+
 impl FunctionError {
+    /// A step ran out of its `limits.timeout`: retryable.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Self::retryable(message).with_source(TimedOut)
+    }
+
+    /// Whether this is [`Self::timed_out`].
+    pub fn is_timeout(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.is::<TimedOut>())
+    }
+
     pub fn permanent(message: impl Into<String>) -> Self {
         Self { kind: ErrorKind::Permanent, message: one_line(message.into()), source: None, partial: None }
     }

@@ -4,6 +4,7 @@
 use aws_lambda_events::encodings::MillisecondTimestamp;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::kafka::{KafkaEvent, KafkaRecord};
+pub use aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest;
 use aws_lambda_events::s3::{S3Bucket, S3Entity, S3Event, S3EventRecord, S3Object};
 use std::sync::{Arc, OnceLock};
 
@@ -21,6 +22,9 @@ pub enum TriggerEvent {
     /// A Kafka record, as Lambda's Kafka event source mapping delivers it (one record;
     /// key and value base64-encoded, records grouped under `topic-partition`).
     Kafka(KafkaEvent),
+    /// An HTTP request, as a Lambda function URL delivers it (API Gateway's payload
+    /// format 2.0): method, path, headers, query, body (base64 when not UTF-8 text).
+    Http(Box<LambdaFunctionUrlRequest>),
 }
 
 /// A [`TriggerEvent`] built the first time a function asks for it. Most functions

@@ -1,7 +1,9 @@
 //! Who may push events to `weir run`'s endpoint. Closed by default: a pipeline that
-//! takes pushed events names a shared token, SNS topics whose signed messages it takes,
-//! or says `"none"` — which `weir run` only accepts on a loopback listen address.
+//! takes pushed events names a shared token, a webhook signing secret, SNS topics
+//! whose signed messages it takes, or says `"none"` — which `weir run` only accepts on
+//! a loopback listen address.
 
+pub mod hmac;
 pub mod sns;
 
 use std::sync::Arc;
@@ -21,6 +23,8 @@ pub enum PushAuth {
     /// SNS messages signed by SNS for one of the named topics, and the token too if
     /// one is set.
     Sns { sns: Arc<sns::SnsAuth>, token: Option<String> },
+    /// The body signed with a shared secret, in a header (webhooks).
+    Hmac(Arc<hmac::HmacAuth>),
 }
 
 impl std::fmt::Debug for PushAuth {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for PushAuth {
             PushAuth::None => f.write_str("None"),
             PushAuth::Token(_) => f.write_str("Token(***)"),
             PushAuth::Sns { sns, .. } => write!(f, "Sns({sns:?})"),
+            PushAuth::Hmac(hmac) => write!(f, "{hmac:?}"),
         }
     }
 }
@@ -66,10 +71,12 @@ impl PushAuth {
 }
 
 impl PushAuth {
-    /// Whether the body itself proves where it comes from (an SNS signature), once read.
-    pub async fn verify(&self, body: &[u8]) -> Result<(), String> {
+    /// Whether the body itself proves where it comes from (an SNS or webhook
+    /// signature), once read.
+    pub async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
         match self {
             PushAuth::Sns { sns, .. } => sns.verify(body).await,
+            PushAuth::Hmac(hmac) => hmac.verify(headers, body),
             _ => Ok(()),
         }
     }

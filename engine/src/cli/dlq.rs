@@ -7,7 +7,6 @@ use tokio::sync::Semaphore;
 
 use super::StateArgs;
 use crate::event::DeadLetter;
-use crate::state::ObjectStatus;
 use crate::Engine;
 
 #[derive(clap::Subcommand, Debug)]
@@ -52,7 +51,7 @@ pub async fn visit(engine: Engine, path: &std::path::Path, only: Option<Option<S
         print_header();
     }
     while let Some((position, letter)) = letters.next().await {
-        let mut letter = match letter {
+        let letter = match letter {
             Ok(letter) => letter,
             Err(e) => {
                 eprintln!("skipping {position}: {e}");
@@ -66,28 +65,15 @@ pub async fn visit(engine: Engine, path: &std::path::Path, only: Option<Option<S
                 continue;
             }
         };
+        let work_id = letter.id.clone();
         match &only {
             None => print_row(&letter, &work.describe()),
             Some(Some(id)) if *id != letter.id => continue,
-            Some(_) => match runtime.execute(work.clone()).await {
-                Ok(_) => {
-                    store.settle(&position, &letter).await?;
-                    if let Some(entry) = work.ledger_entry() {
-                        ledger
-                            .record_object(&runtime.name, &entry.url, &entry.key, &entry.version, ObjectStatus::Done)
-                            .await?;
-                    }
-                    println!("redriven: {} ({})", letter.id, work.describe());
-                }
-                Err(failure) => {
+            Some(_) => match crate::redrive::redrive(&runtime, &position, letter).await? {
+                crate::redrive::Redriven::Done { source } => println!("redriven: {} ({source})", work_id),
+                crate::redrive::Redriven::FailedAgain { source, error, at } => {
                     failed += 1;
-                    letter.redrives += 1;
-                    letter.error = failure.error.chain();
-                    letter.step = failure.step;
-                    letter.attempts = failure.attempts;
-                    letter.failed_at = chrono::Utc::now();
-                    let at = store.replace(&position, &letter).await?;
-                    println!("failed again: {} ({}): {} (now at {at})", letter.id, work.describe(), letter.error);
+                    println!("failed again: {work_id} ({source}): {error} (now at {at})");
                 }
             },
         }

@@ -20,9 +20,10 @@ pub struct Args {
     /// Invocations running at once across all pipelines (default: 4 × cores).
     #[arg(long)]
     max_concurrency: Option<usize>,
-    /// Address of the HTTP endpoint: `/v1/health`, `/v1/ready`, `/metrics`, and bucket
-    /// notifications (`POST /v1/notifications/{pipeline}`) [default: 127.0.0.1:9750;
-    /// when that is taken, weir runs without it unless a pipeline takes notifications]
+    /// Address of the HTTP endpoint: `/v1/health`, `/v1/ready`, `/metrics`, the status
+    /// page, bucket notifications (`POST /v1/notifications/{pipeline}`) and HTTP
+    /// triggers (`POST /v1/invoke/{pipeline}`) [default: 127.0.0.1:9750; when that is
+    /// taken, weir runs without it unless a pipeline takes notifications or requests]
     #[arg(long, env = "WEIR_LISTEN")]
     listen: Option<std::net::SocketAddr>,
     /// Exit 1 if a start-up health check fails (a bucket missing or unreadable, brokers

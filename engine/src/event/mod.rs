@@ -12,6 +12,7 @@
 
 mod ack;
 pub mod dead_letter;
+mod outputs;
 mod sink;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use weir_functions::{FunctionError, Item, LazyEvent, Stores};
 
 pub use ack::{LedgerAck, LedgerEntry, Release};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
+pub use outputs::{Kept, Outputs, MAX_KEPT_BYTES};
 pub use sink::{EventSink, QueueStats, SinkClosed};
 
 /// Something that happened, to be run through a pipeline.
@@ -145,11 +147,20 @@ pub struct Scope {
     pub trigger_event: Option<LazyEvent>,
     /// Log invocations at debug level (see [`Work::quiet`]).
     pub quiet: bool,
+    /// Where the outputs of the last steps go when someone waits for them; None: they
+    /// are dropped as they come.
+    pub outputs: Option<Arc<Outputs>>,
 }
 
 impl Scope {
     pub fn new(trigger_event: Option<LazyEvent>, quiet: bool) -> Self {
-        Self { started: Instant::now(), trigger_event, quiet }
+        Self { started: Instant::now(), trigger_event, quiet, outputs: None }
+    }
+
+    /// Keeps the last steps' outputs in `outputs`.
+    pub fn keeping(mut self, outputs: Arc<Outputs>) -> Self {
+        self.outputs = Some(outputs);
+        self
     }
 }
 

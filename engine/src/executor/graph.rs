@@ -75,7 +75,11 @@ pub(super) async fn run(
     let graph = &rt.graph;
     if graph.children.len() == 1 && !rt.pipeline.steps[0].function.streams() {
         // One plain step: no walk to keep track of.
-        return invoke::step(rt, 0, root, again, scope, None).await.map(|_| 1);
+        let items = invoke::step(rt, 0, root, again, scope, None).await?;
+        if let Some(outputs) = &scope.outputs {
+            outputs.keep(&items);
+        }
+        return Ok(1);
     }
     let meta = root.meta.clone();
     // Boxed: the walk's state is large, and every record's future would carry it.
@@ -200,6 +204,9 @@ impl<'a> Walk<'a> {
     /// instead of holding a sweep of millions.
     fn dispatch(&mut self, index: usize, items: Vec<Item>) -> Result<(), StepFailure> {
         let graph = &self.rt.graph;
+        if let (true, Some(outputs)) = (graph.children[index].is_empty(), &self.scope.outputs) {
+            outputs.keep(&items);
+        }
         for &child in &graph.children[index] {
             if graph.collect[child] {
                 let max = self.rt.pipeline.limits.max_collect;

@@ -83,6 +83,7 @@ async fn once(
     let _stop_cpu_work = ctx.cancel.clone().drop_guard();
     // What the log lines call the item; quiet invocations name it only at debug level.
     let label = (!scope.quiet || tracing::enabled!(tracing::Level::DEBUG)).then(|| item.describe());
+    let bytes_in = crate::metrics::payload_bytes(&item.payload);
     let started = Instant::now();
     let invocation = async {
         match stream_to {
@@ -102,7 +103,7 @@ async fn once(
             Err(_) => {
                 ctx.cancel.cancel();
                 let what = label.as_deref().unwrap_or("an item");
-                Err(FunctionError::retryable(format!(
+                Err(FunctionError::timed_out(format!(
                     "{what}: step {:?} timed out after {:?}",
                     step.name, limits.timeout
                 )))
@@ -111,6 +112,9 @@ async fn once(
     };
     let took = started.elapsed();
     rt.meters.steps[index].invoked(result.as_ref().err(), took);
+    if let Ok(items) = &result {
+        rt.meters.steps[index].moved(bytes_in, items.iter().map(|i| crate::metrics::payload_bytes(&i.payload)).sum());
+    }
     let duration_ms = label.as_ref().map(|_| took.as_secs_f64() * 1000.0);
     let key = label.as_deref().unwrap_or("");
     match (&result, scope.quiet) {

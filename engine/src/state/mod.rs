@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod http;
 mod lock;
 mod replay;
+pub use http::{Claim, RequestRow, StoredAnswer};
 pub use lock::{StateLock, LOCK_FILE};
-pub use replay::ReplayRecord;
+pub use replay::{ReplayRecord, ReplaySummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -113,6 +115,17 @@ CREATE TABLE IF NOT EXISTS replay_items (
     status TEXT NOT NULL,
     PRIMARY KEY (replay, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS http_requests (
+    pipeline        TEXT NOT NULL,
+    id              TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at      REAL NOT NULL,
+    status          INTEGER,
+    headers         TEXT,
+    body            BLOB,
+    PRIMARY KEY (pipeline, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS http_requests_by_key ON http_requests (pipeline, idempotency_key);
 ";
 
 /// The ledger's file name in the state directory.

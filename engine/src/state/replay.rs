@@ -17,7 +17,45 @@ pub struct ReplayRecord {
     pub started_at: String,
 }
 
+/// A replay as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplaySummary {
+    pub id: String,
+    pub pipeline: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// What it did, once finished (the CLI's summary line).
+    pub summary: Option<String>,
+    /// Items finished so far (its checkpoint), while unfinished.
+    pub items_done: u64,
+}
+
 impl Ledger {
+    /// The most recent replays, newest first.
+    pub async fn recent_replays(&self, limit: usize) -> Result<Vec<ReplaySummary>, LedgerError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT r.id, r.pipeline, r.status, r.started_at, r.finished_at, r.summary,
+                 (SELECT COUNT(*) FROM replay_items i WHERE i.replay = r.id)
+                 FROM replays r ORDER BY r.started_at DESC, r.id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(ReplaySummary {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    status: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    summary: r.get(5)?,
+                    items_done: r.get::<_, i64>(6)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Records a new replay, running. An interrupted replay of the same pipeline can no
     /// longer be resumed after that (it is marked superseded and its checkpoint dropped).
     pub async fn start_replay(&self, id: &str, pipeline: &str, options: &str) -> Result<(), LedgerError> {
@@ -142,10 +180,14 @@ mod tests {
         assert_eq!(ledger.unfinished_replay("other").await.unwrap(), None);
         let keys = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         assert_eq!(ledger.unfinished_replay_items("r1", keys.clone()).await.unwrap(), vec![1]);
+        let listed = ledger.recent_replays(5).await.unwrap();
+        assert_eq!((listed[0].status.as_str(), listed[0].items_done), ("running", 2), "progress while unfinished");
         assert!(ledger.object_seen("p", "file:///b", "a", "v1").await.unwrap(), "the object is recorded too");
 
         ledger.finish_replay("r1", "{\"done\":1}").await.unwrap();
         assert_eq!(ledger.unfinished_replay("p").await.unwrap(), None);
         assert_eq!(ledger.unfinished_replay_items("r1", keys).await.unwrap(), vec![0, 1, 2]);
+        let listed = ledger.recent_replays(5).await.unwrap();
+        assert_eq!(listed[0].summary.as_deref(), Some("{\"done\":1}"));
     }
 }

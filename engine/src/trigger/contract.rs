@@ -57,6 +57,13 @@ pub trait TriggerSpec: Send + Sync + 'static {
         false
     }
 
+    /// Who may push events to this trigger through `weir run`'s address, if it takes
+    /// pushed events at all: an open door (`"none"`) is refused on any address but
+    /// loopback, by `weir validate --listen` and by `weir run`.
+    fn push_auth(&self) -> Option<&PushAuth> {
+        None
+    }
+
     /// Checks that need the rest of the pipeline (steps, `[retry]`).
     fn check(&self, _pipeline: &PipelineFacts<'_>, _report: &mut Reporter<'_>) {}
 
@@ -128,6 +135,33 @@ pub trait Trigger: Send + Sync {
     fn inbox(self: Arc<Self>) -> Option<Arc<dyn Inbox>> {
         None
     }
+
+    /// Where requests this trigger answers itself (its events *are* HTTP requests) are
+    /// delivered, if any. Served by `weir run` at `/v1/invoke/{pipeline}` and the
+    /// endpoint's own path.
+    fn endpoint(self: Arc<Self>) -> Option<Arc<dyn Endpoint>> {
+        None
+    }
+}
+
+/// A trigger that answers HTTP requests: it owns everything about them (auth, limits,
+/// what a response says); `weir run`'s server only routes to it.
+#[async_trait::async_trait]
+pub trait Endpoint: Send + Sync {
+    /// Who may call: `weir run` refuses an open endpoint on a non-loopback address.
+    fn auth(&self) -> &PushAuth;
+
+    /// A path of its own it is served at too (`/thumbnail`), besides `/v1/invoke/{pipeline}`.
+    fn path(&self) -> Option<&str> {
+        None
+    }
+
+    /// Answers one request.
+    async fn call(&self, request: axum::extract::Request) -> axum::response::Response;
+
+    /// How event `id` it accepted is going (`GET /v1/events/{id}`), asked with the
+    /// caller's headers (the same credentials as a call); None when it is not its own.
+    async fn event(&self, id: &str, headers: &axum::http::HeaderMap) -> Option<axum::response::Response>;
 }
 
 /// A trigger's door for events pushed to it over HTTP.

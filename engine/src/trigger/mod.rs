@@ -3,7 +3,9 @@
 //!
 //! * [`object_store`]: objects appearing in a bucket (watch, poll, notifications);
 //! * [`cron`]: a schedule's ticks, each with its logical time;
-//! * [`kafka`]: records in a consumer group, committed after success.
+//! * [`kafka`]: records in a consumer group, committed after success;
+//! * [`http`]: requests to `weir run`'s address, answered with the last step's output
+//!   or accepted for later.
 //!
 //! Each kind owns its `[trigger]` table, its events' item and Lambda-shaped event, how
 //! they are acknowledged (a ledger entry, an offset commit), how `weir replay` reads
@@ -12,14 +14,15 @@
 
 pub mod contract;
 pub mod cron;
+pub mod http;
 pub mod kafka;
 pub mod notification;
 pub mod object_store;
 mod registry;
 
 pub use contract::{
-    Delivery, History, HistoryContext, HistoryItem, Inbox, InboxError, PipelineFacts, Trigger, TriggerContext,
-    TriggerKind, TriggerSpec, Window,
+    Delivery, Endpoint, History, HistoryContext, HistoryItem, Inbox, InboxError, PipelineFacts, Trigger,
+    TriggerContext, TriggerKind, TriggerSpec, Window,
 };
 pub use registry::Triggers;
 

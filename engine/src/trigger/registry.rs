@@ -62,6 +62,7 @@ impl Triggers {
         triggers.register::<super::object_store::ObjectStoreKind>();
         triggers.register::<super::cron::CronKind>();
         triggers.register::<super::kafka::KafkaKind>();
+        triggers.register::<super::http::HttpKind>();
         triggers
     }
 

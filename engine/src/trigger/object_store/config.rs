@@ -35,6 +35,10 @@ impl TriggerSpec for ObjectStoreConfig {
         ObjectStoreKind::NAME
     }
 
+    fn push_auth(&self) -> Option<&PushAuth> {
+        matches!(self.detect, Detect::Notifications | Detect::Hybrid).then_some(&self.auth)
+    }
+
     fn health<'a>(&'a self, stores: &'a weir_functions::Stores) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let bucket = stores.resolve(&self.url).map_err(|e| e.to_string())?;
