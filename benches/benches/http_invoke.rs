@@ -7,7 +7,7 @@
 //!    minimal Python server (`benches/pillow_http.py`: Pillow, draft mode), same run.
 //!
 //! `cargo build --release && cargo bench -p weir-benches --bench http_invoke -- \
-//!     [--photos DIR] [--python PATH] [--seconds N]`
+//!     [--photos DIR] [--python PATH] [--seconds N] [--only noop]`
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -162,6 +162,7 @@ async fn main() {
     let seconds: u64 = arg("--seconds").map(|s| s.parse().unwrap()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
 
+    let only = arg("--only");
     // 1. No-op.
     let noop = dir.path().join("noop.toml");
     std::fs::write(
@@ -177,10 +178,16 @@ async fn main() {
     wait_up(addr).await;
     let body = br#"{"id": 1, "name": "a small event"}"#.to_vec();
     for connections in [1, 16, 64] {
+        if only.as_deref().is_some_and(|o| o != "noop") {
+            break;
+        }
         let f = load(addr, "/v1/invoke/noop", vec![body.clone()], connections, seconds).await;
         print("weir no-op (json.transform .)", connections, &f);
     }
     drop(server);
+    if only.as_deref() == Some("noop") {
+        return;
+    }
 
     // 2. Thumbnails: weir against Pillow behind a Python server.
     let photos: Vec<Vec<u8>> = match arg("--photos") {

@@ -31,6 +31,8 @@ pub struct PipelineInfo {
     pub trigger: &'static str,
     pub description: Option<String>,
     pub steps: Vec<String>,
+    /// `limits.queue`: a queue this deep pauses the trigger (or, for HTTP, answers 429).
+    pub queue: usize,
 }
 
 /// Every running pipeline and the ledger's most recent runs.
@@ -42,6 +44,7 @@ pub async fn snapshot(observed: &[Observed], ledger: &Ledger) -> Result<Status, 
             trigger: p.pipeline.trigger.kind(),
             description: p.pipeline.description.clone(),
             steps: p.pipeline.steps.iter().map(|s| s.name.clone()).collect(),
+            queue: p.pipeline.limits.queue,
         })
         .collect();
     let runs = ledger.recent_runs(RECENT_RUNS, None).await.map_err(|e| e.to_string())?;

@@ -71,13 +71,26 @@ async fn the_shipped_pipeline_answers_a_photo_with_its_thumbnail() {
         assert_eq!((thumb.width(), thumb.height()), (400, 250), "the long edge is 400 px");
     }
     // Not an image: 400, with the reason, and dead-lettered.
-    let answer = http.post(format!("{base}/thumbnail")).bearer_auth(TOKEN).body("<html>").send().await.unwrap();
+    let answer = http
+        .post(format!("{base}/thumbnail"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/html")
+        .body("<html>")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 400);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("not a supported image"), "{body}");
     assert_eq!(body["kind"], "permanent");
     running.stop().await.unwrap();
-    assert_eq!(common::files_in(&sandbox.dir.path().join("dead/http-thumbnail")).len(), 1);
+    let dead = common::files_in(&sandbox.dir.path().join("dead/http-thumbnail"));
+    assert_eq!(dead.len(), 1);
+    let letter = std::fs::read_to_string(&dead[0]).unwrap();
+    assert!(
+        letter.contains("<html>") && !letter.contains(TOKEN),
+        "the request is kept, its credential is not: {letter}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -486,3 +486,49 @@ async fn a_revoked_partition_finishes_its_records_in_flight_before_the_hand_over
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "records run twice across the hand-over: {twice:?}");
 }
+
+/// `/metrics` shows the consumer lag per partition from librdkafka's statistics: up
+/// while a backlog is worked through, back to 0 once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_lag_per_partition_rise_and_fall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::new("uploads", 1);
+    let sandbox = Sandbox::new();
+    let text = pipeline_with(
+        &broker.servers(),
+        "partition",
+        "\"statistics.interval.ms\" = \"100\"",
+        "concurrency = 1",
+        "sleep_ms = 100",
+    );
+    broker.produce("uploads", 0, (0..30).map(|i| format!("r{i}"))).await;
+    let file = sandbox.pipeline("records", &text);
+    let (registry, probe) = registry_with_probe();
+    let engine = Engine::new(registry)
+        .state_dir(sandbox.state())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .serve(weir_engine::Serve::Always);
+    let running = engine.start(engine.load(&[file]).unwrap()).await.unwrap();
+    let addr = running.http_addr.unwrap();
+    let lag = || async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let prefix = "weir_kafka_consumer_lag{pipeline=\"records\",topic=\"uploads\",partition=\"0\"} ";
+        text.lines().find_map(|line| line.strip_prefix(prefix)?.parse::<f64>().ok())
+    };
+    let mut highest = 0.0f64;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = lag().await;
+        highest = highest.max(now.unwrap_or(0.0));
+        if seen(&probe).len() == 30 && highest > 0.0 && now == Some(0.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag {now:?}, highest {highest}, {} seen", seen(&probe).len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(highest >= 5.0, "a backlog of 30 at 10 a second showed a lag of {highest} at most");
+    running.stop().await.unwrap();
+}

@@ -28,20 +28,31 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Longest `Idempotency-Key` taken (Stripe's limit).
 const MAX_KEY: usize = 255;
+/// How long a request waits for a trigger that is starting.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 pub struct HttpEndpoint {
     config: HttpConfig,
     ctx: TriggerContext,
     spool: Arc<Spool>,
-    /// The queue while the trigger runs; None before it started and after it stopped.
-    running: watch::Sender<Option<(EventSink, CancellationToken)>>,
+    running: watch::Sender<Door>,
+}
+
+/// Whether requests can be taken.
+#[derive(Clone)]
+enum Door {
+    /// The engine started, the trigger not yet (or it restarts after a failure):
+    /// requests wait for it, up to [`STARTUP_WAIT`].
+    Starting,
+    Open(EventSink, CancellationToken),
+    Closed,
 }
 
 impl HttpEndpoint {
     pub fn new(config: HttpConfig, ctx: TriggerContext) -> Self {
         let state_dir = ctx.ledger.path().parent().map(|p| p.to_path_buf()).unwrap_or_default();
         let spool = Arc::new(Spool::new(&state_dir, &ctx.pipeline));
-        Self { config, ctx, spool, running: watch::Sender::new(None) }
+        Self { config, ctx, spool, running: watch::Sender::new(Door::Starting) }
     }
 
     /// Runs the requests kept from before (accepted, never finished), then opens the
@@ -76,7 +87,7 @@ impl HttpEndpoint {
                 sent = sink.send(event) => if sent.is_err() { return Ok(()) },
             }
         }
-        self.running.send_replace(Some((sink, stop.clone())));
+        self.running.send_replace(Door::Open(sink, stop.clone()));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -87,7 +98,7 @@ impl HttpEndpoint {
                 }
             }
         }
-        self.running.send_replace(None);
+        self.running.send_replace(Door::Closed);
         Ok(())
     }
 
@@ -140,8 +151,13 @@ impl HttpEndpoint {
                 )
             }
         };
-        let Some((sink, stop)) = self.running.borrow().clone() else {
-            return Answer::error(503, "the pipeline is starting or stopping", None);
+        let mut door = self.running.subscribe();
+        let door = match tokio::time::timeout(STARTUP_WAIT, door.wait_for(|d| !matches!(d, Door::Starting))).await {
+            Ok(Ok(door)) => door.clone(),
+            _ => return Answer::error(503, "the pipeline is starting", None),
+        };
+        let Door::Open(sink, stop) = door else {
+            return Answer::error(503, "the pipeline is stopping", None);
         };
         if stop.is_cancelled() {
             return Answer::error(503, "the pipeline is stopping", None);

@@ -27,6 +27,10 @@ impl Request {
         head.raw_path = Some(parts.uri.path().to_string());
         head.raw_query_string = Some(parts.uri.query().unwrap_or_default().to_string());
         head.headers = parts.headers.clone();
+        // weir's own credential is no business of the function's, and must not reach
+        // dead letters or the kept copy of the request.
+        head.headers.remove(axum::http::header::AUTHORIZATION);
+        head.headers.remove(axum::http::header::PROXY_AUTHORIZATION);
         head.cookies = {
             let cookies: Vec<String> = parts
                 .headers
@@ -209,6 +213,13 @@ impl Work for HttpWork {
             "id": self.id,
             "request": serde_json::to_value(self.request.lambda_event()).unwrap_or_default(),
         })
+    }
+
+    /// A sync request is answered to the caller, who sees its outcome: its run is
+    /// recorded once, when it ends (one ledger write, not two), and its invocations
+    /// log at debug level; "event done" still logs each.
+    fn quiet(&self) -> bool {
+        !self.durable
     }
 
     fn ledger_entry(&self) -> Option<LedgerEntry> {
