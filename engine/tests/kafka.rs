@@ -229,17 +229,26 @@ async fn a_backlog_is_left_in_the_broker_while_the_executor_is_busy() {
     assert_eq!(broker.committed("weir-test", "uploads", 2), [5000, 5000]);
 }
 
-/// One partition, in order, behind a slow chunk: what librdkafka fetches beyond what a
-/// partition may hold is let go and fetched again later — each record still runs once,
-/// in offset order.
+/// One partition behind a slow record and a full executor: what librdkafka fetches
+/// beyond what a partition may hold is let go and fetched again later — each record
+/// still runs once, in offset order (one at a time: concurrency 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_let_go_behind_a_slow_chunk_are_fetched_again_in_order() {
     let broker = Broker::new("uploads", 1);
     let sandbox = Sandbox::new();
-    broker.produce("uploads", 0, (0..4000).map(|i| format!("r{i}"))).await;
-    // Offset 10 takes a second: 4,000 records arrive while its chunk runs.
-    let text = pipeline(&broker.servers(), "partition", "slow_keys_ending = \"/0/10\"\nslow_ms = 1000");
+    broker.produce("uploads", 0, ["r0".to_string()]).await;
+    // Offset 0 takes two seconds; once it runs, 4,000 records arrive, a poll round
+    // brings up to 2,000 of them, and the executor has room for one more chunk only.
+    let text = pipeline_with(
+        &broker.servers(),
+        "none",
+        "",
+        "concurrency = 1\nqueue = 1",
+        "slow_keys_ending = \"/0/0\"\nslow_ms = 2000",
+    );
     let (running, probe) = start(&sandbox, &text).await;
+    wait_for(WAIT, "the slow record to start", || probe.calls() >= 1).await;
+    broker.produce("uploads", 0, (1..4000).map(|i| format!("r{i}"))).await;
     wait_for(WAIT, "4,000 records", || probe.calls() >= 4000).await;
     let queue = running.pipeline("records").unwrap().queue.clone();
     running.stop().await.unwrap();

@@ -210,6 +210,32 @@ async fn windows_prefixes_and_failures() {
 }
 
 #[tokio::test]
+async fn a_replay_through_flow_discard_marks_history_seen() {
+    let sandbox = Sandbox::new();
+    for n in 0..50 {
+        sandbox.drop_file(&format!("in/{n:02}.txt"), b"x");
+    }
+    let pipeline = |step: &str| {
+        format!(
+            "name = \"history\"\n[trigger]\nkind = \"object_store\"\nurl = \"{{bucket}}\"\nprefix = \"in/\"\n\
+             [limits]\nconcurrency = 16\n[[step]]\nname = \"step\"\n{step}\n"
+        )
+    };
+    let (registry, probe) = registry_with_probe();
+    let engine = Engine::new(registry).state_dir(sandbox.state());
+    let discard = sandbox.pipeline("history", &pipeline("function = \"flow.discard\""));
+    let summary = run_replay(&engine, &discard, Plan::default()).await;
+    assert_eq!((summary.found, summary.done, summary.failed), (50, 50, 0), "{summary:?}");
+    assert_eq!(sqlite_count(&sandbox, "SELECT COUNT(*) FROM objects WHERE status = 'done'"), 50);
+
+    // The same pipeline with a real step now finds everything done.
+    let probing = sandbox.pipeline("history", &pipeline("function = \"test.probe\""));
+    let summary = run_replay(&engine, &probing, Plan::default()).await;
+    assert_eq!((summary.found, summary.done, summary.skipped), (50, 0, 50), "{summary:?}");
+    assert!(probe.key_counts().is_empty(), "{:?}", probe.key_counts());
+}
+
+#[tokio::test]
 async fn a_week_of_hourly_ticks_runs_168_logical_times_in_order() {
     let sandbox = Sandbox::new();
     let path = sandbox.pipeline(

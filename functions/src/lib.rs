@@ -21,6 +21,7 @@ pub mod compress;
 pub mod context;
 pub mod cpu;
 pub mod error;
+pub mod flow;
 pub mod function;
 pub mod image;
 pub mod item;

@@ -50,6 +50,7 @@ impl Registry {
         registry.register(crate::archive::extract::spec());
         registry.register(crate::json::transform::spec());
         registry.register(crate::json::split::spec());
+        registry.register(crate::flow::discard::spec());
         #[cfg(feature = "kafka")]
         registry.register(crate::kafka::produce::spec());
         registry

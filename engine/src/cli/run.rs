@@ -48,6 +48,13 @@ pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} error(s) in pipeline files; nothing started", diagnostics.0.len());
         }
     };
+    let images = pipelines.iter().any(|p| p.steps.iter().any(|s| s.function_name.starts_with("image.")));
+    if images && !weir_functions::image::jpeg::SIMD {
+        tracing::warn!(
+            "this weir was built without nasm: JPEG runs without SIMD, about 20% slower \
+             (apt-get install nasm, cargo clean -p mozjpeg-sys, build again)"
+        );
+    }
     let problems = crate::health::check(&engine.stores, &pipelines).await;
     for problem in &problems {
         tracing::warn!(pipeline = %problem.pipeline, part = %problem.part, error = %problem.error, "health check failed");

@@ -62,13 +62,12 @@ impl Ledger {
         let (pipeline, id, key) = (pipeline.to_owned(), id.to_owned(), key.map(str::to_owned));
         let oldest = now() - window.as_secs_f64();
         self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
             if let Some(key) = &key {
-                tx.execute(
+                c.execute(
                     "DELETE FROM http_requests WHERE pipeline = ?1 AND idempotency_key = ?2 AND created_at < ?3",
                     params![pipeline, key, oldest],
                 )?;
-                let first = tx
+                let first = c
                     .query_row(
                         "SELECT id, status, headers, body FROM http_requests
                          WHERE pipeline = ?1 AND idempotency_key = ?2",
@@ -80,11 +79,10 @@ impl Ledger {
                     return Ok(Claim::Taken(first));
                 }
             }
-            tx.execute(
+            c.execute(
                 "INSERT OR REPLACE INTO http_requests (pipeline, id, idempotency_key, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![pipeline, id, key, now()],
             )?;
-            tx.commit()?;
             Ok(Claim::New)
         })
         .await

@@ -2,12 +2,12 @@
 //!
 //! One SQLite file per state directory (`./data/.weir/ledger.db` by default), WAL mode
 //! so `weir runs` can read while `weir run` writes. Calls are blocking, so every
-//! method hops onto tokio's blocking pool; a single connection behind a mutex is
-//! plenty for the handful of writes an event makes.
+//! method hands its work to the one thread that owns the connection ([`writer`]),
+//! which commits the calls that arrive together in one transaction.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod http;
 mod lock;
 mod replay;
+mod writer;
 pub use http::{Claim, RequestRow, StoredAnswer};
 pub use lock::{StateLock, LOCK_FILE};
 pub use replay::{ReplayRecord, ReplaySummary};
@@ -25,8 +26,8 @@ pub enum LedgerError {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create state directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
-    #[error("ledger task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("ledger {0}: its writer thread stopped")]
+    Stopped(PathBuf),
 }
 
 /// How an object's processing ended.
@@ -67,7 +68,7 @@ pub struct RunRow {
 
 #[derive(Clone)]
 pub struct Ledger {
-    conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
     path: Arc<PathBuf>,
 }
 
@@ -149,7 +150,11 @@ impl Ledger {
         // commit only means an object is processed again (outputs are idempotent).
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: Arc::new(path) })
+        // Every statement the ledger runs stays parsed (rusqlite keeps 16 by default).
+        conn.set_prepared_statement_cache_capacity(64);
+        let writer =
+            writer::Writer::start(conn).map_err(|source| LedgerError::Dir { path: dir.to_path_buf(), source })?;
+        Ok(Self { writer, path: Arc::new(path) })
     }
 
     pub fn path(&self) -> &Path {
@@ -160,13 +165,8 @@ impl Ledger {
         &self,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let conn = self.conn.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&conn).map_err(|source| LedgerError::Sqlite { path: path.to_path_buf(), source })
-        })
-        .await?
+        let done = self.writer.call(work).await.ok_or_else(|| LedgerError::Stopped(self.path.to_path_buf()))?;
+        done.map_err(|source| LedgerError::Sqlite { path: self.path.to_path_buf(), source })
     }
 
     /// Whether this version of the object was already processed (or dead-lettered).

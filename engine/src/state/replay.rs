@@ -61,21 +61,20 @@ impl Ledger {
     pub async fn start_replay(&self, id: &str, pipeline: &str, options: &str) -> Result<(), LedgerError> {
         let (id, pipeline, options) = (id.to_owned(), pipeline.to_owned(), options.to_owned());
         self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
+            c.execute(
                 "DELETE FROM replay_items WHERE replay IN
                  (SELECT id FROM replays WHERE pipeline = ?1 AND status = 'running')",
                 params![pipeline],
             )?;
-            tx.execute(
+            c.execute(
                 "UPDATE replays SET status = 'superseded' WHERE pipeline = ?1 AND status = 'running'",
                 params![pipeline],
             )?;
-            tx.execute(
+            c.execute(
                 "INSERT INTO replays (id, pipeline, options, status) VALUES (?1, ?2, ?3, 'running')",
                 params![id, pipeline, options],
             )?;
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -134,12 +133,11 @@ impl Ledger {
             version.to_owned(),
         );
         self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            tx.prepare_cached("INSERT OR REPLACE INTO replay_items (replay, key, status) VALUES (?1, ?2, ?3)")?
+            c.prepare_cached("INSERT OR REPLACE INTO replay_items (replay, key, status) VALUES (?1, ?2, ?3)")?
                 .execute(params![replay, key, status.as_str()])?;
-            tx.prepare_cached(RECORD_OBJECT)?.execute(params![pipeline, url, key, version, status.as_str()])?;
-            tx.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?.execute(params![run, status.as_str()])?;
-            tx.commit()
+            c.prepare_cached(RECORD_OBJECT)?.execute(params![pipeline, url, key, version, status.as_str()])?;
+            c.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?.execute(params![run, status.as_str()])?;
+            Ok(())
         })
         .await
     }
@@ -148,14 +146,13 @@ impl Ledger {
     pub async fn finish_replay(&self, id: &str, summary: &str) -> Result<(), LedgerError> {
         let (id, summary) = (id.to_owned(), summary.to_owned());
         self.with(move |c| {
-            let tx = c.unchecked_transaction()?;
-            tx.execute(
+            c.execute(
                 "UPDATE replays SET status = 'finished', summary = ?2,
                  finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
                 params![id, summary],
             )?;
-            tx.execute("DELETE FROM replay_items WHERE replay = ?1", params![id])?;
-            tx.commit()
+            c.execute("DELETE FROM replay_items WHERE replay = ?1", params![id])?;
+            Ok(())
         })
         .await
     }

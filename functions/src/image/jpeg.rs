@@ -14,6 +14,10 @@ use mozjpeg::Marker;
 
 use crate::FunctionError;
 
+/// Whether libjpeg-turbo's SIMD kernels were built in (they need `nasm` at build
+/// time on x86; see `functions/build.rs`).
+pub const SIMD: bool = !cfg!(weir_jpeg_without_simd);
+
 /// The smallest n/8 (n = 1..=8) at which the long edge still covers `cover` pixels.
 pub fn scale_eighths(long_edge: u32, cover: u32) -> u8 {
     let target = cover.min(long_edge) as u64;

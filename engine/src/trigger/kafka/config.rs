@@ -411,6 +411,11 @@ impl KafkaConfig {
         // local queue was full; weir drains that queue in bursts (a chunk at a time) and
         // pauses partitions itself when it must, so it wants fetching to resume at once.
         config.set("fetch.queue.backoff.ms", "10");
+        // A partition weir resumes (its chunk is done) is fetched again only with the
+        // next fetch request, and librdkafka's default lets the broker hold one for
+        // 500 ms when it has nothing new: with `ordering = "partition"` on a fast broker
+        // that wait, not the work, set the pace (23 k records/s instead of 230 k).
+        config.set("fetch.wait.max.ms", "10");
         for (key, value) in &self.librdkafka {
             config.set(key, value);
         }

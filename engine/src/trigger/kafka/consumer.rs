@@ -31,6 +31,8 @@ const POLL_BUDGET: usize = 2_000;
 /// past twice that, records are let go and fetched again later (see [`State::take`]).
 const HOLD_BACK: usize = chunk::MAX_RECORDS;
 const HOLD_BACK_BYTES: usize = chunk::MAX_BYTES;
+/// The same with `ordering` (see [`State::hold_back`]).
+const ORDERED_HOLD_BACK: usize = 8 * chunk::MAX_RECORDS;
 /// How long the executor's queue may stay full before fetching is paused: a queue
 /// full for a moment is normal, and every pause drops what librdkafka prefetched.
 const PAUSE_AFTER: Duration = Duration::from_millis(200);
@@ -127,9 +129,15 @@ impl State {
         self.config.ordering != Ordering::None
     }
 
-    /// Most records held for one partition: a chunk's worth, or a whole batch.
+    /// Most records held for one partition: a chunk's worth, or a whole batch. With
+    /// ordering a partition runs one chunk at a time, so records wait behind it; held
+    /// back only a chunk's worth, the partition was paused after every chunk, and
+    /// librdkafka drops what it prefetched for a paused partition: each record was
+    /// fetched about twice, and a resumed partition waited for a fetch round trip.
+    /// [`HOLD_BACK_BYTES`] still bounds what a partition holds.
     fn hold_back(&self) -> usize {
-        self.config.batch.map_or(HOLD_BACK, |b| b.size.max(HOLD_BACK))
+        let records = if self.ordered() { ORDERED_HOLD_BACK } else { HOLD_BACK };
+        self.config.batch.map_or(records, |b| b.size.max(records))
     }
 
     fn handle(&mut self, wake: Wake) {

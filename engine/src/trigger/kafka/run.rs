@@ -10,6 +10,7 @@
 //! records it reports as failed are retried or dead-lettered (partial batch failure).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -81,14 +82,18 @@ impl ChunkWork {
             let units: Vec<Vec<usize>> = match config.ordering {
                 Ordering::Partition => vec![(0..records.len()).collect()],
                 Ordering::Key => {
-                    let mut keys: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+                    // Units in the order their keys first appear; a map, since a chunk
+                    // of 500 records may well hold 500 keys.
+                    let mut units: Vec<Vec<usize>> = Vec::new();
+                    let mut unit_of: HashMap<Option<&str>, usize> = HashMap::with_capacity(records.len());
                     for (index, record) in records.iter().enumerate() {
-                        match keys.iter_mut().find(|(k, _)| *k == record.key.as_deref()) {
-                            Some((_, indices)) => indices.push(index),
-                            None => keys.push((record.key.as_deref(), vec![index])),
-                        }
+                        let unit = *unit_of.entry(record.key.as_deref()).or_insert_with(|| {
+                            units.push(Vec::new());
+                            units.len() - 1
+                        });
+                        units[unit].push(index);
                     }
-                    keys.into_iter().map(|(_, indices)| indices).collect()
+                    units
                 }
                 Ordering::None => (0..records.len()).map(|i| vec![i]).collect(),
             };

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use tokio_util::sync::CancellationToken;
 use weir_functions::Bucket;
@@ -43,6 +44,9 @@ use crate::error::EngineError;
 use crate::event::{Acknowledge, Event, EventSink, LedgerAck};
 use crate::state::ObjectStatus;
 use watch::Change;
+
+/// Watched files looked at together (and side by side) when a burst arrives.
+const WATCH_BATCH: usize = 64;
 
 /// The running trigger.
 pub struct ObjectStoreTrigger {
@@ -287,18 +291,34 @@ impl ObjectStoreTrigger {
                     };
                     next_poll = tokio::time::Instant::now() + wait;
                 }
-                Some(change) = watch::recv(&mut changes) => match change {
-                    Change::Rescan => next_poll = tokio::time::Instant::now(),
-                    Change::File(path) => {
-                        let root = root.as_deref().expect("changes only exist with a local root");
-                        match self.changed_file(&bucket, root, &path, &sink).await {
+                Some(change) = watch::recv(&mut changes) => {
+                    let mut files = Vec::new();
+                    for change in watch::with_waiting(&mut changes, change, WATCH_BATCH) {
+                        match change {
+                            Change::Rescan => next_poll = tokio::time::Instant::now(),
+                            Change::File(path) if !files.contains(&path) => files.push(path),
+                            Change::File(_) => {}
+                        }
+                    }
+                    let root = root.as_deref().expect("changes only exist with a local root");
+                    // Side by side: one file's stat and ledger round trips do not wait
+                    // for another's. The queue still takes them one at a time.
+                    let (this, bucket, sink) = (&*self, &bucket, &sink);
+                    let mut considered = futures::stream::iter(files)
+                        .map(move |path| async move {
+                            let result = this.changed_file(bucket, root, &path, sink).await;
+                            (path, result)
+                        })
+                        .buffer_unordered(WATCH_BATCH);
+                    while let Some((path, result)) = considered.next().await {
+                        match result {
                             Ok(Consider::TooFresh) => next_poll = next_poll.min(tokio::time::Instant::now() + self.config.settle),
                             Ok(_) => {}
                             Err(e) if shutdown.is_cancelled() => { tracing::debug!(error = %e, "stopped by shutdown"); return Ok(()) }
                             Err(e) => tracing::warn!(pipeline = %self.ctx.pipeline, path = %path.display(), error = %e, "cannot consider changed file"),
                         }
                     }
-                },
+                }
             }
         }
     }

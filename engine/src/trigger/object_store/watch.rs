@@ -67,6 +67,21 @@ pub(super) async fn recv(changes: &mut Option<mpsc::Receiver<Change>>) -> Option
     }
 }
 
+/// `first` and the changes already waiting behind it, up to `max` in all: a burst is
+/// looked at together (its ledger writes then share transactions).
+pub(super) fn with_waiting(changes: &mut Option<mpsc::Receiver<Change>>, first: Change, max: usize) -> Vec<Change> {
+    let mut batch = vec![first];
+    if let Some(rx) = changes {
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(_) => break,
+            }
+        }
+    }
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
