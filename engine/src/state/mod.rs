@@ -26,7 +26,7 @@ pub enum LedgerError {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create state directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
-    #[error("ledger {0}: its writer thread stopped")]
+    #[error("ledger {0}: the call ended without an answer (it panicked, or the writer stopped)")]
     Stopped(PathBuf),
 }
 

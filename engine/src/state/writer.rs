@@ -97,7 +97,10 @@ fn in_savepoint(conn: &Connection, job: Job) -> Reply {
     if let Err(e) = execute(conn, "SAVEPOINT call") {
         return job(Err(&e)).1;
     }
-    let (ok, reply) = job(Ok(conn));
+    // A call that panics fails alone (its caller sees the ledger call end without an
+    // answer); the thread, and every other call, goes on.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(conn))));
+    let (ok, reply) = ran.unwrap_or_else(|_| (false, Box::new(|_: Option<&rusqlite::Error>| {}) as Reply));
     if !ok {
         let _ = execute(conn, "ROLLBACK TO call");
     }
@@ -166,5 +169,20 @@ mod tests {
         }
         let rows = writer.call(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))).await;
         assert_eq!(rows.unwrap().unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::start(table(dir.path())).unwrap();
+        let panicked = writer
+            .call(|c| -> rusqlite::Result<()> {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                panic!("a bug in a ledger call")
+            })
+            .await;
+        assert!(panicked.is_none());
+        let rows = writer.call(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))).await;
+        assert_eq!(rows.unwrap().unwrap(), 0, "the panicked call's write was undone; the writer still answers");
     }
 }
