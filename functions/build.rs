@@ -20,8 +20,8 @@ fn main() {
         nasm.is_ok_and(|out| out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("NASM version 0."));
     if !usable {
         println!(
-            "cargo::warning=nasm is not installed, so the JPEG codec is built without SIMD and the image \
-             functions run about 20% slower. To fix: apt-get install nasm (or your system's package), \
+            "cargo::warning=nasm is not installed, so the JPEG codec is built without its SIMD kernels and \
+             the image functions run about 10% slower. To fix: apt-get install nasm (or your system's package), \
              then cargo clean -p mozjpeg-sys and build again."
         );
         println!("cargo::rustc-cfg=weir_jpeg_without_simd");

@@ -27,6 +27,13 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text", env = "WEIR_LOG_FORMAT")]
     log_format: LogFormat,
 
+    /// Memory that image decoders may hold beyond the pixels they output, shared by
+    /// everything in flight: a progressive JPEG keeps all its coefficients until the
+    /// last scan (3–6 bytes a pixel at full size), so large ones take turns within
+    /// this. `"256MiB"`, `"1GB"`; default 48 MiB per core.
+    #[arg(long, global = true, env = "WEIR_DECODE_MEMORY", value_name = "SIZE")]
+    decode_memory: Option<weir_functions::units::ByteSize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +86,9 @@ pub fn main_with(registry: Registry, triggers: Triggers) -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
+    if let Some(weir_functions::units::ByteSize(bytes)) = cli.decode_memory {
+        weir_functions::image::scratch::set_capacity(bytes);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -51,8 +51,8 @@ pub async fn run(args: Args, engine: Engine) -> anyhow::Result<ExitCode> {
     let images = pipelines.iter().any(|p| p.steps.iter().any(|s| s.function_name.starts_with("image.")));
     if images && !weir_functions::image::jpeg::SIMD {
         tracing::warn!(
-            "this weir was built without nasm: JPEG runs without SIMD, about 20% slower \
-             (apt-get install nasm, cargo clean -p mozjpeg-sys, build again)"
+            "this weir was built without nasm: JPEG runs without libjpeg's SIMD kernels, the headline job \
+             about 10% slower (apt-get install nasm, cargo clean -p mozjpeg-sys, build again)"
         );
     }
     let problems = crate::health::check(&engine.stores, &pipelines).await;

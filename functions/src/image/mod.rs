@@ -5,13 +5,14 @@
 //! allocated, EXIF orientation), [`resize`] (SIMD resampling, never upscaling),
 //! [`watermark`] (text rendered once per size into a cached alpha mask, blended over
 //! its rectangle only) and [`encode`]. The functions themselves, one per file, are
-//! in [`function`].
+//! in [`function`]; [`scratch`] bounds what decoders hold beyond their output.
 
 pub mod decode;
 pub mod encode;
 pub mod function;
 pub mod jpeg;
 pub mod resize;
+pub mod scratch;
 pub mod watermark;
 
 /// Parses `#rrggbb` or `#rgb`.

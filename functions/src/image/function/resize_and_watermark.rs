@@ -145,6 +145,8 @@ impl Inner {
             resized[i] = Some(image);
             previous = Some(i);
         }
+        // The decoded frame is the largest buffer of the job; the encodes do not need it.
+        drop(source);
         resized
             .into_par_iter()
             .map(|variant| {
